@@ -1,0 +1,437 @@
+//! A set of preserved blocks, stored the way the wire formats store them: per order, a sparse
+//! map from unit index to a bitmap of [`UNIT_BITS`] blocks.
+//!
+//! This is the incoming side's index (restore looks a block up in O(log n) and the set costs
+//! one bit per possible block, not a struct per page), the sink every decoder writes into, and
+//! the input of the encoders. One unit is a 4096-byte bitmap: exactly one kho-v4 radix leaf, or
+//! one Linux 6.18 kho-v1 bitmap, or eight 6.16 ones.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::error::{Error, Field, Result};
+use crate::types::{Block, ORDER_LIMIT, Order, PFN_LIMIT, PhysAddr, PhysRange, Pfn};
+
+/// Bits (blocks) per unit bitmap.
+pub const UNIT_BITS: u64 = 32768;
+/// `u64` words per unit bitmap.
+pub const UNIT_WORDS: usize = (UNIT_BITS / 64) as usize;
+
+type Unit = Box<[u64; UNIT_WORDS]>;
+
+fn new_unit() -> Unit {
+    Box::new([0u64; UNIT_WORDS])
+}
+
+/// A set of naturally aligned blocks of any order (orders are independent: overlap between
+/// orders is detected by [`BlockSet::coalesced_ranges`], not prevented on insert).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct BlockSet {
+    orders: BTreeMap<u8, BTreeMap<u64, Unit>>,
+    len: u64,
+}
+
+impl core::fmt::Debug for BlockSet {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BlockSet").field("blocks", &self.len).finish_non_exhaustive()
+    }
+}
+
+/// Position of a block: (unit index, word, bit mask).
+fn locate(block: Block) -> (u64, usize, u64) {
+    let n = block.pfn().as_u64() >> block.order().as_u32();
+    #[allow(clippy::cast_possible_truncation)] // < UNIT_WORDS
+    let word = ((n % UNIT_BITS) / 64) as usize;
+    (n / UNIT_BITS, word, 1u64 << (n % 64))
+}
+
+/// One run of consecutive blocks of one order: `[start, end)` in frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// First frame.
+    pub start: u64,
+    /// One past the last frame.
+    pub end: u64,
+    /// Order of the blocks in the run.
+    pub order: Order,
+}
+
+impl BlockSet {
+    /// An empty set.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of blocks.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True if the set is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds a block; returns false if it was already present.
+    pub fn insert(&mut self, block: Block) -> bool {
+        let (unit, word, mask) = locate(block);
+        let u = self
+            .orders
+            .entry(block.order().as_u32() as u8)
+            .or_default()
+            .entry(unit)
+            .or_insert_with(new_unit);
+        let w = &mut u[word];
+        if *w & mask != 0 {
+            return false;
+        }
+        *w |= mask;
+        self.len += 1;
+        true
+    }
+
+    /// Removes a block; returns false if it was absent. Empty units are freed.
+    pub fn remove(&mut self, block: Block) -> bool {
+        let (unit, word, mask) = locate(block);
+        let order = block.order().as_u32() as u8;
+        let Some(units) = self.orders.get_mut(&order) else { return false };
+        let Some(u) = units.get_mut(&unit) else { return false };
+        if u[word] & mask == 0 {
+            return false;
+        }
+        u[word] &= !mask;
+        self.len -= 1;
+        if u.iter().all(|&w| w == 0) {
+            units.remove(&unit);
+            if units.is_empty() {
+                self.orders.remove(&order);
+            }
+        }
+        true
+    }
+
+    /// True if exactly this block is in the set.
+    #[must_use]
+    pub fn contains(&self, block: Block) -> bool {
+        let (unit, word, mask) = locate(block);
+        self.orders
+            .get(&(block.order().as_u32() as u8))
+            .and_then(|units| units.get(&unit))
+            .is_some_and(|u| u[word] & mask != 0)
+    }
+
+    /// The orders present, ascending.
+    pub fn orders(&self) -> impl Iterator<Item = Order> + '_ {
+        self.orders.keys().filter_map(|&o| Order::new(u32::from(o)))
+    }
+
+    /// Number of blocks of each order present, ascending by order.
+    #[must_use]
+    pub fn count_by_order(&self) -> Vec<(Order, u64)> {
+        self.orders
+            .iter()
+            .filter_map(|(&o, units)| {
+                let n = units.values().flat_map(|u| u.iter()).map(|w| u64::from(w.count_ones())).sum();
+                Some((Order::new(u32::from(o))?, n))
+            })
+            .collect()
+    }
+
+    /// Total bytes covered by the blocks (saturating).
+    #[must_use]
+    pub fn total_bytes(&self) -> u64 {
+        self.count_by_order()
+            .iter()
+            .fold(0u64, |acc, &(o, n)| acc.saturating_add(n.saturating_mul(o.bytes())))
+    }
+
+    /// The bitmaps of one order: `(first frame of the unit, words)`, ascending.
+    pub fn units(&self, order: Order) -> impl Iterator<Item = (u64, &[u64; UNIT_WORDS])> + '_ {
+        let shift = order.as_u32();
+        self.orders
+            .get(&(order.as_u32() as u8))
+            .into_iter()
+            .flat_map(move |units| units.iter().map(move |(&i, u)| ((i * UNIT_BITS) << shift, &**u)))
+    }
+
+    /// Every block, ascending by order and then by address.
+    pub fn iter(&self) -> impl Iterator<Item = Block> + '_ {
+        self.orders().flat_map(move |order| {
+            self.units(order).flat_map(move |(base, words)| {
+                words.iter().enumerate().flat_map(move |(wi, &w)| {
+                    BitIter(w).filter_map(move |bit| {
+                        let n = (wi as u64) * 64 + u64::from(bit);
+                        Block::new(Pfn::new(base + (n << order.as_u32()))?, order)
+                    })
+                })
+            })
+        })
+    }
+
+    /// Every block sorted by address (blocks of different orders interleaved).
+    #[must_use]
+    pub fn sorted_by_address(&self) -> Vec<Block> {
+        let mut v: Vec<Block> = self.iter().collect();
+        v.sort_unstable_by_key(|b| (b.pfn(), b.order()));
+        v
+    }
+
+    /// The block of any order that starts at `pfn`, if exactly one does (overlap-free sets
+    /// have at most one).
+    #[must_use]
+    pub fn block_starting_at(&self, pfn: Pfn) -> Option<Block> {
+        self.orders()
+            .filter(|&o| pfn.is_aligned_to(o))
+            .filter_map(|o| Block::new(pfn, o))
+            .find(|&b| self.contains(b))
+    }
+
+    /// The block of any order that contains `pfn`, if any.
+    #[must_use]
+    pub fn block_containing(&self, pfn: Pfn) -> Option<Block> {
+        self.orders()
+            .filter_map(|o| {
+                let start = pfn.as_u64() & !(o.nr_pages() - 1);
+                Block::new(Pfn::new(start)?, o)
+            })
+            .find(|&b| self.contains(b))
+    }
+
+    /// ORs a decoded bitmap into the set. `words[i]` bit `b` stands for the block of `order` at
+    /// frame `base_pfn + ((64*i + b) << order)`. `base_pfn` must be aligned to `64 << order`
+    /// (every wire format guarantees it; decoders check it before calling).
+    ///
+    /// # Errors
+    /// [`Error::Overlap`] if a block was already present (a duplicated bitmap), and
+    /// [`Error::OutsideRam`] for blocks past the addressable range; `at` is where the bitmap
+    /// was read, for the message.
+    pub fn insert_words(&mut self, order: Order, base_pfn: u64, words: &[u64], at: PhysAddr) -> Result<()> {
+        let shift = order.as_u32();
+        let first = base_pfn >> shift;
+        debug_assert_eq!(first % 64, 0, "decoders align bitmap bases");
+        let Some(last_word) = words.iter().rposition(|&w| w != 0) else { return Ok(()) };
+        let top_bit = 63 - u64::from(words[last_word].leading_zeros());
+        let last_block = first + (last_word as u64) * 64 + top_bit;
+        if last_block >= PFN_LIMIT >> shift {
+            return Err(Error::BadValue {
+                what: Field::Block,
+                at,
+                found: last_block.saturating_mul(order.bytes()),
+                expected: "a block below the 52-bit physical address limit",
+            });
+        }
+        let units = self.orders.entry(shift as u8).or_default();
+        let mut added = 0u64;
+        for (i, &w) in words.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let n = first + (i as u64) * 64;
+            let unit = units.entry(n / UNIT_BITS).or_insert_with(new_unit);
+            #[allow(clippy::cast_possible_truncation)]
+            let slot = &mut unit[((n % UNIT_BITS) / 64) as usize];
+            let dup = *slot & w;
+            if dup != 0 {
+                let pfn = (n + u64::from(dup.trailing_zeros())) << shift;
+                let block = Pfn::new(pfn).and_then(|p| Block::new(p, order)).expect("checked above");
+                self.len += added;
+                return Err(Error::Overlap { what: Field::Block, block, other: block });
+            }
+            *slot |= w;
+            added += u64::from(w.count_ones());
+        }
+        self.len += added;
+        Ok(())
+    }
+
+    /// Runs of adjacent blocks of each order, found a word at a time, sorted by start.
+    #[must_use]
+    pub fn runs(&self) -> Vec<Run> {
+        let mut out = Vec::new();
+        for order in self.orders() {
+            let shift = order.as_u32();
+            let mut cur: Option<Run> = None;
+            for (base, words) in self.units(order) {
+                let first = base >> shift;
+                for (wi, &w0) in words.iter().enumerate() {
+                    let mut w = w0;
+                    let mut bit = 0u32;
+                    while w != 0 {
+                        let skip = w.trailing_zeros();
+                        bit += skip;
+                        w = if skip == 64 { 0 } else { w >> skip };
+                        let ones = w.trailing_ones();
+                        let n = first + (wi as u64) * 64 + u64::from(bit);
+                        let (s, e) = (n << shift, (n + u64::from(ones)) << shift);
+                        match &mut cur {
+                            Some(r) if r.end == s => r.end = e,
+                            _ => {
+                                if let Some(r) = cur.take() {
+                                    out.push(r);
+                                }
+                                cur = Some(Run { start: s, end: e, order });
+                            }
+                        }
+                        bit += ones;
+                        w = if ones == 64 { 0 } else { w >> ones };
+                    }
+                }
+            }
+            if let Some(r) = cur {
+                out.push(r);
+            }
+        }
+        out.sort_unstable_by_key(|r| (r.start, r.order));
+        out
+    }
+
+    /// The blocks as one sorted list of disjoint, coalesced physical ranges: what the next
+    /// kernel reserves. Cost is linear in the number of runs, not in pages.
+    ///
+    /// # Errors
+    /// [`Error::Overlap`] naming two blocks of different orders that overlap.
+    pub fn coalesced_ranges(&self) -> Result<Vec<PhysRange>> {
+        let runs = self.runs();
+        let mut out: Vec<PhysRange> = Vec::new();
+        let mut prev: Option<Run> = None;
+        let mut cur_end = 0u64;
+        for r in runs {
+            if let Some(p) = prev {
+                if r.start < cur_end {
+                    let block = run_block(r.start, r.order);
+                    let other = overlapping_block(p, r.start);
+                    return Err(Error::Overlap { what: Field::Block, block, other });
+                }
+            }
+            let range = frames_to_range(r.start, r.end);
+            match out.last_mut() {
+                Some(last) if last.end().as_u64() == range.start().as_u64() => {
+                    *last = PhysRange::from_bounds(last.start(), range.end()).expect("non-empty");
+                }
+                _ => out.push(range),
+            }
+            cur_end = r.end;
+            prev = Some(r);
+        }
+        Ok(out)
+    }
+}
+
+fn frames_to_range(start: u64, end: u64) -> PhysRange {
+    let s = PhysAddr::new(start << crate::types::PAGE_SHIFT);
+    let e = PhysAddr::new(end << crate::types::PAGE_SHIFT);
+    PhysRange::from_bounds(s, e).expect("runs are non-empty")
+}
+
+fn run_block(pfn: u64, order: Order) -> Block {
+    Pfn::new(pfn).and_then(|p| Block::new(p, order)).expect("runs hold valid blocks")
+}
+
+/// The block of run `p` that contains frame `pfn` (or the run's last block).
+fn overlapping_block(p: Run, pfn: u64) -> Block {
+    let size = p.order.nr_pages();
+    let start = if pfn < p.end { pfn & !(size - 1) } else { p.end - size };
+    run_block(start.max(p.start), p.order)
+}
+
+/// Iterates the set bits of a word, lowest first.
+#[derive(Debug, Clone, Copy)]
+pub struct BitIter(pub u64);
+
+impl Iterator for BitIter {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        if self.0 == 0 {
+            return None;
+        }
+        let b = self.0.trailing_zeros();
+        self.0 &= self.0 - 1;
+        Some(b)
+    }
+}
+
+const _: () = assert!(ORDER_LIMIT < 64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::BTreeSet;
+    use proptest::prelude::*;
+
+    fn blk(pfn: u64, order: u32) -> Block {
+        Block::new(Pfn::new(pfn).unwrap(), Order::new(order).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn coalesces_adjacent_blocks_across_orders() {
+        let mut s = BlockSet::new();
+        s.insert(blk(0x100, 0));
+        s.insert(blk(0x101, 0));
+        s.insert(blk(0x102, 1));
+        s.insert(blk(0x104, 2));
+        s.insert(blk(0x200, 9));
+        let r = s.coalesced_ranges().unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], PhysRange::new(PhysAddr::new(0x100_000), 8 * 4096).unwrap());
+        assert_eq!(r[1], PhysRange::new(PhysAddr::new(0x200_000), 512 * 4096).unwrap());
+    }
+
+    #[test]
+    fn overlap_between_orders_is_named() {
+        let mut s = BlockSet::new();
+        s.insert(blk(0x200, 9));
+        s.insert(blk(0x203, 0));
+        let e = s.coalesced_ranges().unwrap_err();
+        assert_eq!(e, Error::Overlap { what: Field::Block, block: blk(0x203, 0), other: blk(0x200, 9) });
+    }
+
+    #[test]
+    fn duplicate_bitmap_is_an_overlap() {
+        let mut s = BlockSet::new();
+        let words = [0b1010u64; 8];
+        s.insert_words(Order::ZERO, 0, &words, PhysAddr::new(0x5000)).unwrap();
+        assert_eq!(s.len(), 16);
+        let e = s.insert_words(Order::ZERO, 0, &[0b10], PhysAddr::new(0x6000)).unwrap_err();
+        assert!(matches!(e, Error::Overlap { block, .. } if block == blk(1, 0)));
+    }
+
+    #[test]
+    fn lookups_find_the_covering_block() {
+        let mut s = BlockSet::new();
+        s.insert(blk(0x400, 10));
+        assert_eq!(s.block_starting_at(Pfn::new(0x400).unwrap()), Some(blk(0x400, 10)));
+        assert_eq!(s.block_starting_at(Pfn::new(0x401).unwrap()), None);
+        assert_eq!(s.block_containing(Pfn::new(0x7ff).unwrap()), Some(blk(0x400, 10)));
+        assert_eq!(s.block_containing(Pfn::new(0x800).unwrap()), None);
+    }
+
+    proptest! {
+        #[test]
+        fn matches_a_btreeset_model(ops in proptest::collection::vec((any::<bool>(), 0u64..4096, 0u32..4), 0..200)) {
+            let mut s = BlockSet::new();
+            let mut model = BTreeSet::new();
+            for (ins, pfn, order) in ops {
+                let b = blk(pfn & !((1 << order) - 1), order);
+                if ins {
+                    prop_assert_eq!(s.insert(b), model.insert(b));
+                } else {
+                    prop_assert_eq!(s.remove(b), model.remove(&b));
+                }
+            }
+            prop_assert_eq!(s.len(), model.len() as u64);
+            let got: BTreeSet<Block> = s.iter().collect();
+            prop_assert_eq!(got, model.clone());
+            // Runs cover exactly the model's pages when there is no overlap.
+            if let Ok(ranges) = s.coalesced_ranges() {
+                let pages: u64 = ranges.iter().map(|r| r.len() / 4096).sum();
+                let want: u64 = model.iter().map(|b| b.order().nr_pages()).sum();
+                prop_assert_eq!(pages, want);
+                prop_assert!(ranges.windows(2).all(|w| w[0].end() < w[1].start()));
+            }
+        }
+    }
+}

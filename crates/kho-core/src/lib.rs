@@ -1,0 +1,27 @@
+//! Kexec HandOver (KHO): keep chosen memory intact across a kexec into a new kernel.
+//!
+//! (The crate-level guide and the complete example live in `docs.md`.)
+#![doc = include_str!("../docs.md")]
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod blockset;
+pub mod error;
+pub mod fdt;
+pub mod format;
+pub mod incoming;
+pub mod outgoing;
+pub mod platform;
+pub mod split;
+pub mod testing;
+pub mod types;
+
+pub use blockset::BlockSet;
+pub use error::{Error, Field, Result};
+pub use format::{BitmapBytes, FormatVersion, Limits};
+pub use format::handover_ptr::HandoverPtr;
+pub use platform::{AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite, Platform};
+pub use types::{Block, Order, PAGE_SHIFT, PAGE_SIZE, PhysAddr, PhysRange, Pfn};
