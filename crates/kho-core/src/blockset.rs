@@ -11,7 +11,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::error::{Error, Field, Result};
-use crate::types::{Block, ORDER_LIMIT, Order, PFN_LIMIT, PhysAddr, PhysRange, Pfn};
+use crate::types::{Block, ORDER_LIMIT, Order, PFN_LIMIT, Pfn, PhysAddr, PhysRange};
 
 /// Bits (blocks) per unit bitmap.
 pub const UNIT_BITS: u64 = 32768;
@@ -79,12 +79,7 @@ impl BlockSet {
     /// Adds a block; returns false if it was already present.
     pub fn insert(&mut self, block: Block) -> bool {
         let (unit, word, mask) = locate(block);
-        let u = self
-            .orders
-            .entry(block.order().as_u32() as u8)
-            .or_default()
-            .entry(unit)
-            .or_insert_with(new_unit);
+        let u = self.orders.entry(block.order().as_u32() as u8).or_default().entry(unit).or_insert_with(new_unit);
         let w = &mut u[word];
         if *w & mask != 0 {
             return false;
@@ -144,9 +139,7 @@ impl BlockSet {
     /// Total bytes covered by the blocks (saturating).
     #[must_use]
     pub fn total_bytes(&self) -> u64 {
-        self.count_by_order()
-            .iter()
-            .fold(0u64, |acc, &(o, n)| acc.saturating_add(n.saturating_mul(o.bytes())))
+        self.count_by_order().iter().fold(0u64, |acc, &(o, n)| acc.saturating_add(n.saturating_mul(o.bytes())))
     }
 
     /// The bitmaps of one order: `(first frame of the unit, words)`, ascending.
@@ -184,10 +177,7 @@ impl BlockSet {
     /// have at most one).
     #[must_use]
     pub fn block_starting_at(&self, pfn: Pfn) -> Option<Block> {
-        self.orders()
-            .filter(|&o| pfn.is_aligned_to(o))
-            .filter_map(|o| Block::new(pfn, o))
-            .find(|&b| self.contains(b))
+        self.orders().filter(|&o| pfn.is_aligned_to(o)).filter_map(|o| Block::new(pfn, o)).find(|&b| self.contains(b))
     }
 
     /// The block of any order that contains `pfn`, if any.

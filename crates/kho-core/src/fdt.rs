@@ -80,8 +80,7 @@ impl FdtNode {
     /// True if the `compatible` string list contains `compat` (libfdt's stringlist match).
     #[must_use]
     pub fn is_compatible(&self, compat: &str) -> bool {
-        self.get("compatible")
-            .is_some_and(|v| v.split(|&b| b == 0).any(|s| s == compat.as_bytes()))
+        self.get("compatible").is_some_and(|v| v.split(|&b| b == 0).any(|s| s == compat.as_bytes()))
     }
     /// The first entry of `compatible`, lossily decoded, for messages.
     #[must_use]
@@ -154,11 +153,15 @@ impl FdtTree {
         let total = header_totalsize(bytes, what, at)? as usize;
         let bad = |reason: String| Error::BadFdt { what, at, reason };
         if total > bytes.len() {
-            return Err(bad(alloc::format!("truncated: totalsize is {total} bytes but only {} are available", bytes.len())));
+            return Err(bad(alloc::format!(
+                "truncated: totalsize is {total} bytes but only {} are available",
+                bytes.len()
+            )));
         }
         let fdt = Fdt::new(&bytes[..total]).map_err(|e| bad(e.to_string()))?;
         let mut budget = MAX_NODES;
-        let root = convert(&fdt.root(), 0, &mut budget).map_err(|()| bad(alloc::format!("more than {MAX_NODES} nodes")))?;
+        let root =
+            convert(&fdt.root(), 0, &mut budget).map_err(|()| bad(alloc::format!("more than {MAX_NODES} nodes")))?;
         Ok(Self { root })
     }
 
@@ -188,7 +191,12 @@ fn convert(node: &dtoolkit::fdt::FdtNode<'_>, depth: usize, budget: &mut usize) 
 }
 
 fn fill(dst: &mut DeviceTreeNode, src: &FdtNode) -> Result<()> {
-    let bad = || Error::BadValue { what: Field::SubtreeName, at: PhysAddr::new(0), found: 0, expected: "a valid FDT node or property name" };
+    let bad = || Error::BadValue {
+        what: Field::SubtreeName,
+        at: PhysAddr::new(0),
+        found: 0,
+        expected: "a valid FDT node or property name",
+    };
     for (name, value) in &src.props {
         dst.add_property(DeviceTreeProperty::new(name.as_str(), value.as_slice()).map_err(|_| bad())?);
     }
@@ -204,9 +212,7 @@ fn fill(dst: &mut DeviceTreeNode, src: &FdtNode) -> Result<()> {
 /// character set, no `@` or `/` (Linux uses plain names such as `memblock`, `LUO`).
 #[must_use]
 pub fn is_valid_subtree_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b",._+-".contains(&b))
+    !name.is_empty() && name.len() < 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b",._+-".contains(&b))
 }
 
 #[cfg(test)]
@@ -240,7 +246,16 @@ mod tests {
     fn wrong_length_u64_is_named() {
         let n = FdtNode::new("x").prop("preserved-data", &[1, 2, 3, 4]);
         let e = n.le64(PhysAddr::new(0x2000), "/x", "preserved-data").unwrap_err();
-        assert_eq!(e, Error::PropertyLength { at: PhysAddr::new(0x2000), node: "/x".into(), prop: "preserved-data", len: 4, expected: 8 });
+        assert_eq!(
+            e,
+            Error::PropertyLength {
+                at: PhysAddr::new(0x2000),
+                node: "/x".into(),
+                prop: "preserved-data",
+                len: 4,
+                expected: 8
+            }
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod types;
 
 pub use blockset::BlockSet;
 pub use error::{Error, Field, Result};
-pub use format::{BitmapBytes, FormatVersion, Limits};
 pub use format::handover_ptr::HandoverPtr;
+pub use format::{BitmapBytes, FormatVersion, Limits};
 pub use platform::{AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite, Platform};
-pub use types::{Block, Order, PAGE_SHIFT, PAGE_SIZE, PhysAddr, PhysRange, Pfn};
+pub use types::{Block, Order, PAGE_SHIFT, PAGE_SIZE, Pfn, PhysAddr, PhysRange};

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use spin::Mutex;
 
 use crate::platform::{AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite};
-use crate::types::{Block, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, PhysAddr, PhysRange, Pfn};
+use crate::types::{Block, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, Pfn, PhysAddr, PhysRange};
 
 /// Physical memory as a sparse map of pages; untouched pages read as zero. With RAM ranges
 /// set, any access outside them fails like an unbacked address.

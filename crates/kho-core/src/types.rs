@@ -68,11 +68,7 @@ impl PhysAddr {
     /// The frame that starts at this address: `None` if unaligned or out of range.
     #[must_use]
     pub const fn pfn(self) -> Option<Pfn> {
-        if self.is_page_aligned() {
-            self.containing_pfn()
-        } else {
-            None
-        }
+        if self.is_page_aligned() { self.containing_pfn() } else { None }
     }
     /// True for the NULL value of a KHO pointer.
     #[must_use]

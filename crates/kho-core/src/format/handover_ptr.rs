@@ -41,7 +41,9 @@ impl HandoverPtr {
     #[must_use]
     pub fn to_setup_data_payload(&self) -> [u8; KHO_DATA_BYTES] {
         let mut out = [0u8; KHO_DATA_BYTES];
-        for (i, v) in [self.fdt.as_u64(), self.fdt_size, self.scratch.as_u64(), self.scratch_size].into_iter().enumerate() {
+        for (i, v) in
+            [self.fdt.as_u64(), self.fdt_size, self.scratch.as_u64(), self.scratch_size].into_iter().enumerate()
+        {
             out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
         out
@@ -54,7 +56,12 @@ impl HandoverPtr {
     /// [`Error::BadValue`] for a short payload.
     pub fn from_setup_data_payload(payload: &[u8], at: PhysAddr) -> Result<Self> {
         if payload.len() < KHO_DATA_BYTES {
-            return Err(Error::BadValue { what: Field::SetupData, at, found: payload.len() as u64, expected: "a 32-byte kho_data payload" });
+            return Err(Error::BadValue {
+                what: Field::SetupData,
+                at,
+                found: payload.len() as u64,
+                expected: "a 32-byte kho_data payload",
+            });
         }
         Ok(Self {
             fdt: PhysAddr::new(le64(payload, 0)),
@@ -110,10 +117,20 @@ impl HandoverPtr {
     /// [`Error::MissingProperty`] or [`Error::PropertyLength`].
     pub fn from_chosen(chosen: &FdtNode, address_cells: u32, size_cells: u32) -> Result<Self> {
         let read = |prop: &'static str| -> Result<(u64, u64)> {
-            let v = chosen.get(prop).ok_or_else(|| Error::MissingProperty { at: PhysAddr::new(0), node: "/chosen".into(), prop })?;
+            let v = chosen.get(prop).ok_or_else(|| Error::MissingProperty {
+                at: PhysAddr::new(0),
+                node: "/chosen".into(),
+                prop,
+            })?;
             let want = 4 * (address_cells + size_cells) as usize;
             if v.len() != want || !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
-                return Err(Error::PropertyLength { at: PhysAddr::new(0), node: "/chosen".into(), prop, len: v.len(), expected: want });
+                return Err(Error::PropertyLength {
+                    at: PhysAddr::new(0),
+                    node: "/chosen".into(),
+                    prop,
+                    len: v.len(),
+                    expected: want,
+                });
             }
             let (a, s) = v.split_at(4 * address_cells as usize);
             Ok((be_cells(a), be_cells(s)))
@@ -162,18 +179,31 @@ mod tests {
 
     #[test]
     fn setup_data_node_round_trip_and_checks() {
-        let p = HandoverPtr { fdt: PhysAddr::new(0x1000), fdt_size: 4096, scratch: PhysAddr::new(0x2000), scratch_size: 32 };
+        let p = HandoverPtr {
+            fdt: PhysAddr::new(0x1000),
+            fdt_size: 4096,
+            scratch: PhysAddr::new(0x2000),
+            scratch_size: 32,
+        };
         let node = p.to_setup_data_node(PhysAddr::new(0x9000));
         assert_eq!(HandoverPtr::from_setup_data_node(&node, PhysAddr::new(0)).unwrap(), (p, PhysAddr::new(0x9000)));
         let mut wrong = node.clone();
         wrong[8] = 9;
-        assert!(matches!(HandoverPtr::from_setup_data_node(&wrong, PhysAddr::new(0)), Err(Error::BadValue { found: 9, .. })));
+        assert!(matches!(
+            HandoverPtr::from_setup_data_node(&wrong, PhysAddr::new(0)),
+            Err(Error::BadValue { found: 9, .. })
+        ));
         assert!(HandoverPtr::from_setup_data_payload(&node[16..40], PhysAddr::new(0)).is_err());
     }
 
     #[test]
     fn chosen_round_trip_with_both_cell_sizes() {
-        let p = HandoverPtr { fdt: PhysAddr::new(0x1_0000_1000), fdt_size: 4096, scratch: PhysAddr::new(0x2000), scratch_size: 48 };
+        let p = HandoverPtr {
+            fdt: PhysAddr::new(0x1_0000_1000),
+            fdt_size: 4096,
+            scratch: PhysAddr::new(0x2000),
+            scratch_size: 48,
+        };
         let props = p.to_chosen(2, 2);
         assert_eq!(props[0].1, [0, 0, 0, 1, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]);
         let mut chosen = FdtNode::new("chosen");
@@ -182,7 +212,10 @@ mod tests {
         }
         assert_eq!(HandoverPtr::from_chosen(&chosen, 2, 2).unwrap(), p);
         let short = FdtNode::new("chosen").prop(CHOSEN_FDT, &[0; 8]).prop(CHOSEN_SCRATCH, &props[1].1);
-        assert!(matches!(HandoverPtr::from_chosen(&short, 2, 2), Err(Error::PropertyLength { len: 8, expected: 16, .. })));
+        assert!(matches!(
+            HandoverPtr::from_chosen(&short, 2, 2),
+            Err(Error::PropertyLength { len: 8, expected: 16, .. })
+        ));
         assert!(matches!(HandoverPtr::from_chosen(&FdtNode::new("chosen"), 2, 2), Err(Error::MissingProperty { .. })));
     }
 }

@@ -111,12 +111,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_metadata_pages: 1 << 24,
-            max_blob_bytes: 64 << 20,
-            max_subtrees: 256,
-            max_scratch_areas: 4096,
-        }
+        Self { max_metadata_pages: 1 << 24, max_blob_bytes: 64 << 20, max_subtrees: 256, max_scratch_areas: 4096 }
     }
 }
 
@@ -168,7 +163,13 @@ impl<'a, M: PhysRead + ?Sized> WalkContext<'a, M> {
     /// # Errors
     /// As `check_pointer`, plus [`Error::TooMany`] past the page limit and
     /// [`Error::Unreadable`] if memory does not hold the page.
-    pub fn read_meta_page(&mut self, what: Field, at: PhysAddr, page: PhysAddr, buf: &mut [u8; PAGE_BYTES]) -> Result<()> {
+    pub fn read_meta_page(
+        &mut self,
+        what: Field,
+        at: PhysAddr,
+        page: PhysAddr,
+        buf: &mut [u8; PAGE_BYTES],
+    ) -> Result<()> {
         self.check_pointer(what, at, page, PAGE_SIZE, PAGE_SIZE)?;
         if self.metadata_pages.len() as u64 >= self.limits.max_metadata_pages {
             return Err(Error::TooMany { what, at, limit: self.limits.max_metadata_pages });

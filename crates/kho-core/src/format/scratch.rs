@@ -28,12 +28,23 @@ pub fn encode(areas: &[PhysRange]) -> Vec<u8> {
 ///
 /// # Errors
 /// A typed error naming the entry's address and the rule it breaks.
-pub fn decode<M: PhysRead + ?Sized>(mem: &M, ram: &[PhysRange], array: PhysAddr, size: u64, max_areas: u64) -> Result<Vec<PhysRange>> {
+pub fn decode<M: PhysRead + ?Sized>(
+    mem: &M,
+    ram: &[PhysRange],
+    array: PhysAddr,
+    size: u64,
+    max_areas: u64,
+) -> Result<Vec<PhysRange>> {
     if array.is_null() {
         return Err(Error::Null { what: Field::ScratchArray, at: array });
     }
     if size == 0 || size % ENTRY_BYTES != 0 || size / ENTRY_BYTES > max_areas {
-        return Err(Error::BadValue { what: Field::ScratchArray, at: array, found: size, expected: "a non-zero multiple of 16 bytes within the scratch-area limit" });
+        return Err(Error::BadValue {
+            what: Field::ScratchArray,
+            at: array,
+            found: size,
+            expected: "a non-zero multiple of 16 bytes within the scratch-area limit",
+        });
     }
     let mut buf = alloc::vec![0u8; usize::try_from(size).unwrap_or(0)];
     mem.read_phys(array, &mut buf).map_err(|e| Error::unreadable(Field::ScratchArray, e))?;
@@ -48,7 +59,12 @@ pub fn decode<M: PhysRead + ?Sized>(mem: &M, ram: &[PhysRange], array: PhysAddr,
         if len % PAGE_SIZE != 0 {
             return Err(Error::Misaligned { what: Field::ScratchEntry, at, value: len, align: PAGE_SIZE });
         }
-        let range = PhysRange::new(start, len).ok_or(Error::BadValue { what: Field::ScratchEntry, at, found: len, expected: "a non-empty area that does not wrap" })?;
+        let range = PhysRange::new(start, len).ok_or(Error::BadValue {
+            what: Field::ScratchEntry,
+            at,
+            found: len,
+            expected: "a non-empty area that does not wrap",
+        })?;
         check_in_ram(ram, Field::ScratchEntry, at, range)?;
         areas.push((range, at));
     }
@@ -87,7 +103,10 @@ mod tests {
         mem.write_bytes(PhysAddr::new(0x1000), &encode(&[r(0x20_0000, 0x1000)]));
         assert!(matches!(decode(&mem, &ram, PhysAddr::new(0x1000), 24, 16), Err(Error::BadValue { .. })));
         mem.write_bytes(PhysAddr::new(0x1000), &[0x10, 0, 0, 0, 0, 0, 0, 0]);
-        assert!(matches!(decode(&mem, &ram, PhysAddr::new(0x1000), 16, 16), Err(Error::Misaligned { what: Field::ScratchEntry, .. })));
+        assert!(matches!(
+            decode(&mem, &ram, PhysAddr::new(0x1000), 16, 16),
+            Err(Error::Misaligned { what: Field::ScratchEntry, .. })
+        ));
         mem.write_bytes(PhysAddr::new(0x1000), &encode(&[r(0xff00_0000, 0x1000)]));
         assert!(matches!(decode(&mem, &ram, PhysAddr::new(0x1000), 16, 16), Err(Error::OutsideRam { .. })));
         mem.write_bytes(PhysAddr::new(0x1000), &encode(&[r(0x20_0000, 0x2000), r(0x20_1000, 0x1000)]));
