@@ -312,6 +312,16 @@ pub enum Error {
         expected: usize,
     },
 
+    /// A sub-blob that is not inside preserved memory: the next kernel would read memory
+    /// nobody promised to keep.
+    #[error("sub-blob {name:?} at {range} is not inside preserved memory")]
+    BlobNotPreserved {
+        /// Sub-node name.
+        name: String,
+        /// The blob's bytes.
+        range: PhysRange,
+    },
+
     // ---- restore ------------------------------------------------------------------------------
     /// The address is not a page this kernel manages.
     #[error("restore of {phys}: not a valid page of RAM")]

@@ -22,6 +22,8 @@ pub mod types;
 pub use blockset::BlockSet;
 pub use error::{Error, Field, Result};
 pub use format::handover_ptr::HandoverPtr;
+pub use incoming::{Handover, IncomingConfig, OversizedPolicy, Validation};
+pub use outgoing::{Finalized, Kho, OutgoingConfig};
 pub use format::{BitmapBytes, FormatVersion, Limits};
 pub use platform::{AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite, Platform};
 pub use types::{Block, Order, PAGE_SHIFT, PAGE_SIZE, Pfn, PhysAddr, PhysRange};

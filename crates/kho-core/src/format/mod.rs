@@ -180,6 +180,26 @@ impl<'a, M: PhysRead + ?Sized> WalkContext<'a, M> {
     }
 }
 
+impl<M: PhysRead + ?Sized> WalkContext<'_, M> {
+    /// Checks a pointer to a metadata object of `buf.len()` bytes aligned to `align` (a
+    /// kho-v1 bitmap, say), counts its page against the budget the first time it is seen in
+    /// a row, and reads it.
+    ///
+    /// # Errors
+    /// As [`WalkContext::read_meta_page`].
+    pub fn read_meta(&mut self, what: Field, at: PhysAddr, ptr: PhysAddr, buf: &mut [u8], align: u64) -> Result<()> {
+        self.check_pointer(what, at, ptr, buf.len() as u64, align)?;
+        let page = PhysAddr::new(ptr.as_u64() & !(PAGE_SIZE - 1));
+        if self.metadata_pages.last() != Some(&page) {
+            if self.metadata_pages.len() as u64 >= self.limits.max_metadata_pages {
+                return Err(Error::TooMany { what, at, limit: self.limits.max_metadata_pages });
+            }
+            self.metadata_pages.push(page);
+        }
+        self.mem.read_phys(ptr, buf).map_err(|e| Error::unreadable(what, e))
+    }
+}
+
 /// Checks that `range` lies inside one RAM range.
 ///
 /// # Errors

@@ -1,1 +1,183 @@
-//! (being written)
+//! `kho-v1` (Linux 6.16-6.19, spec §1.3): the preserved-memory map is a linked list of
+//! one-page chunks. Each chunk has a 16-byte header (`next` chunk address, `order`,
+//! `num_elms`) and up to [`CHUNK_CAPACITY`] entries of (`phys_start`, `bitmap` address).
+//! A chunk never mixes orders. The bitmap size (512 or 4096 bytes) is not recorded anywhere.
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+use crate::blockset::BlockSet;
+use crate::error::{Error, Field, Result};
+use crate::format::{BitmapBytes, WalkContext, le64};
+use crate::platform::{PhysRead, Platform};
+use crate::types::{Order, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, PFN_LIMIT, PhysAddr};
+
+/// Header bytes of a chunk.
+pub const CHUNK_HEADER_BYTES: usize = 16;
+/// Bytes per entry.
+pub const ENTRY_BYTES: usize = 16;
+/// Entries per chunk: 255 with 4 KiB pages.
+pub const CHUNK_CAPACITY: usize = (PAGE_BYTES - CHUNK_HEADER_BYTES) / ENTRY_BYTES;
+
+/// One entry to serialize: bitmap of `order` whose bit 0 is the block at `phys_start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Order of every block in the bitmap.
+    pub order: Order,
+    /// Address of the block bit 0 stands for.
+    pub phys_start: PhysAddr,
+    /// Address of the bitmap.
+    pub bitmap: PhysAddr,
+}
+
+/// A serialized chunk list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChunkList {
+    /// First chunk (NULL if there are no entries).
+    pub first: PhysAddr,
+    /// Every chunk page, in list order.
+    pub pages: Vec<PhysAddr>,
+}
+
+/// Writes `entries` (sorted by order) as a chunk list in pages from the platform. On error,
+/// every page taken is given back.
+///
+/// # Errors
+/// [`Error::OutOfMemory`], or a platform write error.
+pub fn encode<P: Platform + ?Sized>(plat: &P, entries: &[Entry]) -> Result<ChunkList> {
+    let mut list = ChunkList::default();
+    let result = encode_into(plat, entries, &mut list);
+    if let Err(e) = result {
+        free(plat, &list);
+        return Err(e);
+    }
+    Ok(list)
+}
+
+fn encode_into<P: Platform + ?Sized>(plat: &P, entries: &[Entry], list: &mut ChunkList) -> Result<()> {
+    let mut page = [0u8; PAGE_BYTES];
+    let mut cur: Option<(PhysAddr, Order, usize)> = None;
+    let write = |at: PhysAddr, buf: &[u8]| plat.write_phys(at, buf).map_err(|e| Error::unreadable(Field::ChunkNext, e));
+    for e in entries {
+        let start_new = match cur {
+            Some((_, order, n)) => order != e.order || n == CHUNK_CAPACITY,
+            None => true,
+        };
+        if start_new {
+            let chunk = plat.alloc_meta_page()?;
+            list.pages.push(chunk);
+            match cur {
+                Some((prev, ..)) => {
+                    crate::format::put_le64(&mut page, 0, chunk.as_u64());
+                    write(prev, &page)?;
+                }
+                None => list.first = chunk,
+            }
+            page = [0u8; PAGE_BYTES];
+            page[8..12].copy_from_slice(&e.order.as_u32().to_le_bytes());
+            cur = Some((chunk, e.order, 0));
+        }
+        let (chunk, order, n) = cur.expect("set above");
+        let off = CHUNK_HEADER_BYTES + n * ENTRY_BYTES;
+        crate::format::put_le64(&mut page, off, e.phys_start.as_u64());
+        crate::format::put_le64(&mut page, off + 8, e.bitmap.as_u64());
+        page[12..16].copy_from_slice(&((n + 1) as u32).to_le_bytes());
+        cur = Some((chunk, order, n + 1));
+    }
+    if let Some((chunk, ..)) = cur {
+        write(chunk, &page)?;
+    }
+    Ok(())
+}
+
+/// Gives a chunk list's pages back to the platform.
+pub fn free<P: Platform + ?Sized>(plat: &P, list: &ChunkList) {
+    for &p in &list.pages {
+        plat.free_meta_page(p);
+    }
+}
+
+/// Walks the chunk list at `first` (read from the FDT at `at`) into `out`, checking: every
+/// chunk pointer (aligned, in RAM, not in scratch, readable, within the page budget), no
+/// cycle, `order` representable, `num_elms` within capacity, `phys_start` aligned to the span
+/// of one bitmap and below the 52-bit limit, every bitmap pointer (aligned to its size, in
+/// RAM, not in scratch, readable), and no block recorded twice. A NULL `first` is an empty
+/// map. Work is bounded by the page budget.
+///
+/// # Errors
+/// The first violation, as a typed error naming the field and its address.
+pub fn decode<M: PhysRead + ?Sized>(
+    ctx: &mut WalkContext<'_, M>,
+    first: PhysAddr,
+    at: PhysAddr,
+    bitmap: BitmapBytes,
+    out: &mut BlockSet,
+) -> Result<()> {
+    let mut visited = BTreeSet::new();
+    let (mut cur, mut at, mut what) = (first, at, Field::PreservedMemoryMap);
+    let mut page = [0u8; PAGE_BYTES];
+    let mut bm_bytes = alloc::vec![0u8; bitmap.bytes() as usize];
+    let mut words = alloc::vec![0u64; bitmap.words()];
+    while !cur.is_null() {
+        if !visited.insert(cur) {
+            return Err(Error::Cycle { what, at, target: cur });
+        }
+        ctx.read_meta_page(what, at, cur, &mut page)?;
+        let raw_order = u32::from_le_bytes(page[8..12].try_into().expect("4 bytes"));
+        let num = u32::from_le_bytes(page[12..16].try_into().expect("4 bytes"));
+        let field_at = |off: u64| PhysAddr::new(cur.as_u64() + off);
+        let order = Order::new(raw_order).ok_or(Error::OrderTooLarge {
+            what: Field::ChunkOrder,
+            at: field_at(8),
+            order: u64::from(raw_order),
+            max: u32::from(crate::types::ORDER_LIMIT),
+        })?;
+        if num as usize > CHUNK_CAPACITY {
+            return Err(Error::BadValue {
+                what: Field::ChunkNumElms,
+                at: field_at(12),
+                found: u64::from(num),
+                expected: "at most 255 entries (a chunk's capacity)",
+            });
+        }
+        // Bytes one bitmap spans; alignment of phys_start. At huge orders it passes 2^64 and
+        // only phys_start 0 is possible.
+        let span_shift = bitmap.bits().trailing_zeros() + order.as_u32() + PAGE_SHIFT;
+        for i in 0..num as usize {
+            let off = CHUNK_HEADER_BYTES + i * ENTRY_BYTES;
+            let entry_at = field_at(off as u64);
+            let phys_start = le64(&page, off);
+            let span_mask = if span_shift >= 64 { u64::MAX } else { (1u64 << span_shift) - 1 };
+            if phys_start & span_mask != 0 {
+                return Err(Error::Misaligned {
+                    what: Field::ChunkPhysStart,
+                    at: entry_at,
+                    value: phys_start,
+                    align: span_mask.wrapping_add(1),
+                });
+            }
+            if phys_start >> PAGE_SHIFT >= PFN_LIMIT {
+                return Err(Error::BadValue {
+                    what: Field::ChunkPhysStart,
+                    at: entry_at,
+                    found: phys_start,
+                    expected: "an address below the 52-bit physical limit",
+                });
+            }
+            let bm = PhysAddr::new(le64(&page, off + 8));
+            let bm_at = field_at(off as u64 + 8);
+            ctx.read_meta(Field::ChunkBitmap, bm_at, bm, &mut bm_bytes, bitmap.bytes())?;
+            for (w, b) in words.iter_mut().zip(bm_bytes.chunks_exact(8)) {
+                *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+            }
+            out.insert_words(order, phys_start >> PAGE_SHIFT, &words, bm)?;
+        }
+        what = Field::ChunkNext;
+        at = cur;
+        cur = PhysAddr::new(le64(&page, 0));
+    }
+    Ok(())
+}
+
+const _: () = assert!(CHUNK_HEADER_BYTES + CHUNK_CAPACITY * ENTRY_BYTES == PAGE_BYTES);
+const _: () = assert!(PAGE_SIZE as usize == PAGE_BYTES);

@@ -1,0 +1,259 @@
+//! The outgoing tracker: per order, a sparse map from bitmap index to a bitmap of
+//! `bitmap_bytes * 8` blocks (the seed's two-level design), with the bitmaps themselves in
+//! metadata pages the platform provides, so finalize only has to link them into chunks.
+//!
+//! A bitmap is allocated on first use and freed when unpreserve empties it. 512-byte bitmaps
+//! are packed eight to a page (as Linux 6.16's kmalloc-512 did); a page is returned to the
+//! platform when its last bitmap is freed.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use crate::blockset::BlockSet;
+use crate::error::{Error, Field, Result};
+use crate::format::BitmapBytes;
+use crate::platform::{MetaAlloc, PhysRead, PhysWrite};
+use crate::types::{Block, Order, PAGE_SIZE, Pfn, PhysAddr};
+
+/// Where one bitmap of the tracker lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitmapRef {
+    /// Order of the blocks it tracks.
+    pub order: Order,
+    /// Bitmap index: it covers blocks `index * bits .. (index + 1) * bits` of its order.
+    pub index: u64,
+    /// Physical address of the bitmap.
+    pub phys: PhysAddr,
+}
+
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    bitmap: BitmapBytes,
+    orders: BTreeMap<u8, BTreeMap<u64, PhysAddr>>,
+    free_slots: Vec<PhysAddr>,
+    page_use: BTreeMap<u64, u32>,
+    blocks: u64,
+    bytes: u64,
+}
+
+fn platform_err(e: crate::platform::MemError) -> Error {
+    Error::unreadable(Field::ChunkBitmap, e)
+}
+
+impl Tracker {
+    pub(crate) fn new(bitmap: BitmapBytes) -> Self {
+        Self { bitmap, orders: BTreeMap::new(), free_slots: Vec::new(), page_use: BTreeMap::new(), blocks: 0, bytes: 0 }
+    }
+
+    pub(crate) fn bitmap_bytes(&self) -> BitmapBytes {
+        self.bitmap
+    }
+
+    /// (bitmap index, word offset in bytes, mask) of a block.
+    fn locate(&self, block: Block) -> (u64, u64, u64) {
+        let n = block.pfn().as_u64() >> block.order().as_u32();
+        let bits = self.bitmap.bits();
+        let bit = n % bits;
+        (n / bits, (bit / 64) * 8, 1u64 << (bit % 64))
+    }
+
+    fn slot(&self, order: Order, index: u64) -> Option<PhysAddr> {
+        self.orders.get(&(order.as_u32() as u8))?.get(&index).copied()
+    }
+
+    pub(crate) fn contains<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<bool> {
+        let (index, off, mask) = self.locate(block);
+        let Some(bm) = self.slot(block.order(), index) else { return Ok(false) };
+        let w = mem.read_u64(PhysAddr::new(bm.as_u64() + off)).map_err(platform_err)?;
+        Ok(w & mask != 0)
+    }
+
+    /// Any block of `order` inside frames `[start, end)` (both aligned to `order`)?
+    fn any_in<M: PhysRead + ?Sized>(&self, mem: &M, order: Order, start: u64, end: u64) -> Result<Option<Block>> {
+        let Some(units) = self.orders.get(&(order.as_u32() as u8)) else { return Ok(None) };
+        let bits = self.bitmap.bits();
+        let (first, last) = (start >> order.as_u32(), (end >> order.as_u32()).saturating_sub(1));
+        for (&index, &bm) in units.range(first / bits..=last / bits) {
+            let lo = first.max(index * bits) - index * bits;
+            let hi = last.min(index * bits + bits - 1) - index * bits;
+            for word in lo / 64..=hi / 64 {
+                let mut w = mem.read_u64(PhysAddr::new(bm.as_u64() + word * 8)).map_err(platform_err)?;
+                let (wlo, whi) = (word * 64, word * 64 + 63);
+                if lo > wlo {
+                    w &= !0u64 << (lo - wlo);
+                }
+                if hi < whi {
+                    w &= !0u64 >> (whi - hi);
+                }
+                if w != 0 {
+                    let n = index * bits + word * 64 + u64::from(w.trailing_zeros());
+                    let pfn = Pfn::new(n << order.as_u32()).expect("tracked blocks are in range");
+                    return Ok(Block::new(pfn, order));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The tracked block that overlaps `block`, if any (exact duplicates included).
+    pub(crate) fn overlapping<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<Option<Block>> {
+        let (s, e) = (block.pfn().as_u64(), block.end_pfn());
+        for &o in self.orders.keys() {
+            let order = Order::new(u32::from(o)).expect("tracked orders are valid");
+            if order >= block.order() {
+                let start = s & !(order.nr_pages() - 1);
+                let candidate = Block::new(Pfn::new(start).expect("in range"), order).expect("aligned");
+                if self.contains(mem, candidate)? {
+                    return Ok(Some(candidate));
+                }
+            } else if let Some(b) = self.any_in(mem, order, s, e)? {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
+    fn alloc_slot<P: PhysWrite + MetaAlloc + ?Sized>(
+        &mut self,
+        plat: &P,
+        scratch: &[crate::types::PhysRange],
+    ) -> Result<PhysAddr> {
+        if let Some(s) = self.free_slots.pop() {
+            *self.page_use.entry(s.as_u64() & !(PAGE_SIZE - 1)).or_default() += 1;
+            return Ok(s);
+        }
+        let page = plat.alloc_meta_page()?;
+        if let Err(e) = check_meta_page(scratch, Field::ChunkBitmap, page) {
+            plat.free_meta_page(page);
+            return Err(e);
+        }
+        let per_page = PAGE_SIZE / self.bitmap.bytes();
+        for i in (1..per_page).rev() {
+            self.free_slots.push(PhysAddr::new(page.as_u64() + i * self.bitmap.bytes()));
+        }
+        self.page_use.insert(page.as_u64(), 1);
+        Ok(page)
+    }
+
+    fn free_slot<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) -> Result<()> {
+        let zero = [0u8; 512];
+        for off in (0..self.bitmap.bytes()).step_by(512) {
+            plat.write_phys(PhysAddr::new(slot.as_u64() + off), &zero).map_err(platform_err)?;
+        }
+        let page = slot.as_u64() & !(PAGE_SIZE - 1);
+        let used = self.page_use.get_mut(&page).expect("slot belongs to a tracked page");
+        *used -= 1;
+        if *used == 0 {
+            self.page_use.remove(&page);
+            self.free_slots.retain(|s| s.as_u64() & !(PAGE_SIZE - 1) != page);
+            plat.free_meta_page(PhysAddr::new(page));
+        } else {
+            self.free_slots.push(slot);
+        }
+        Ok(())
+    }
+
+    /// Sets a block's bit (the caller checked overlap and bounds).
+    pub(crate) fn insert<P: PhysWrite + MetaAlloc + ?Sized>(
+        &mut self,
+        plat: &P,
+        scratch: &[crate::types::PhysRange],
+        block: Block,
+    ) -> Result<()> {
+        let (index, off, mask) = self.locate(block);
+        let bm = match self.slot(block.order(), index) {
+            Some(bm) => bm,
+            None => {
+                let bm = self.alloc_slot(plat, scratch)?;
+                self.orders.entry(block.order().as_u32() as u8).or_default().insert(index, bm);
+                bm
+            }
+        };
+        let addr = PhysAddr::new(bm.as_u64() + off);
+        let w = plat.read_u64(addr).map_err(platform_err)?;
+        plat.write_u64(addr, w | mask).map_err(platform_err)?;
+        self.blocks += 1;
+        self.bytes += block.order().bytes();
+        Ok(())
+    }
+
+    /// Clears a block's bit; frees the bitmap when it becomes empty.
+    pub(crate) fn remove<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, block: Block) -> Result<bool> {
+        let (index, off, mask) = self.locate(block);
+        let Some(bm) = self.slot(block.order(), index) else { return Ok(false) };
+        let addr = PhysAddr::new(bm.as_u64() + off);
+        let w = plat.read_u64(addr).map_err(platform_err)?;
+        if w & mask == 0 {
+            return Ok(false);
+        }
+        plat.write_u64(addr, w & !mask).map_err(platform_err)?;
+        self.blocks -= 1;
+        self.bytes -= block.order().bytes();
+        if w & !mask == 0 && self.bitmap_is_empty(plat, bm)? {
+            let o = block.order().as_u32() as u8;
+            let units = self.orders.get_mut(&o).expect("present");
+            units.remove(&index);
+            if units.is_empty() {
+                self.orders.remove(&o);
+            }
+            self.free_slot(plat, bm)?;
+        }
+        Ok(true)
+    }
+
+    fn bitmap_is_empty<M: PhysRead + ?Sized>(&self, mem: &M, bm: PhysAddr) -> Result<bool> {
+        let mut buf = [0u8; 512];
+        for off in (0..self.bitmap.bytes()).step_by(512) {
+            mem.read_phys(PhysAddr::new(bm.as_u64() + off), &mut buf).map_err(platform_err)?;
+            if buf.iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every bitmap, ascending by order then index: what finalize links into chunks.
+    pub(crate) fn bitmaps(&self) -> impl Iterator<Item = BitmapRef> + '_ {
+        self.orders.iter().flat_map(|(&o, units)| {
+            let order = Order::new(u32::from(o)).expect("tracked orders are valid");
+            units.iter().map(move |(&index, &phys)| BitmapRef { order, index, phys })
+        })
+    }
+
+    /// Copies the tracked blocks into a [`BlockSet`].
+    pub(crate) fn snapshot<M: PhysRead + ?Sized>(&self, mem: &M) -> Result<BlockSet> {
+        let mut set = BlockSet::new();
+        let mut buf = alloc::vec![0u8; self.bitmap.bytes() as usize];
+        let mut words = alloc::vec![0u64; self.bitmap.words()];
+        for r in self.bitmaps() {
+            mem.read_phys(r.phys, &mut buf).map_err(platform_err)?;
+            for (w, b) in words.iter_mut().zip(buf.chunks_exact(8)) {
+                *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+            }
+            let base = (r.index * self.bitmap.bits()) << r.order.as_u32();
+            set.insert_words(r.order, base, &words, r.phys)?;
+        }
+        Ok(set)
+    }
+
+    pub(crate) fn blocks(&self) -> u64 {
+        self.blocks
+    }
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// Pages holding bitmaps.
+    pub(crate) fn bitmap_pages(&self) -> BTreeSet<u64> {
+        self.page_use.keys().copied().collect()
+    }
+    pub(crate) fn bitmap_count(&self) -> usize {
+        self.orders.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// Metadata must live outside scratch: the next kernel allocates from scratch before it has
+/// read the metadata (Linux 6.18 added the same check after KFENCE put bitmaps there).
+pub(crate) fn check_meta_page(scratch: &[crate::types::PhysRange], what: Field, page: PhysAddr) -> Result<()> {
+    let range = crate::types::PhysRange::new(page, PAGE_SIZE).ok_or(Error::Null { what, at: page })?;
+    crate::format::check_not_in_scratch(scratch, what, page, range)
+}

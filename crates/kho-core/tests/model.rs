@@ -1,0 +1,249 @@
+//! Model-based property test of the whole engine: random sequences of preserve, unpreserve,
+//! add/remove blob, finalize and abort run against a `BTreeSet` of blocks; then the bytes are
+//! decoded by the incoming side and must give exactly the model's set, and every block
+//! restores once and only once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kho_core::split::split_range;
+use kho_core::testing::{RecordingMap, TestPlatform};
+use kho_core::{
+    Block, Error, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr,
+    PhysRange,
+};
+use proptest::prelude::*;
+
+const RAM_START: u64 = 0x10_0000;
+const RAM_LEN: u64 = 64 << 20;
+/// Preservations are drawn from the first 36 MiB of RAM, which includes the scratch area.
+const PFN_SPAN: u64 = (36 << 20) / PAGE_SIZE;
+const SCRATCH: (u64, u64) = (RAM_START + (32 << 20), 4 << 20);
+const POOL: (u64, u64) = (RAM_START + (40 << 20), 24 << 20);
+const MAX_ORDER: u32 = 10;
+
+#[derive(Debug, Clone)]
+enum Op {
+    PreserveFolio(u64, u32),
+    UnpreserveFolio(u64, u32),
+    PreservePages(u64, u64),
+    UnpreservePages(u64, u64),
+    AddBlob(u8, u64, u64),
+    RemoveBlob(u8),
+    Finalize(bool),
+    Abort,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let pfn = (0..PFN_SPAN).prop_map(|p| RAM_START / PAGE_SIZE + p);
+    prop_oneof![
+        4 => (pfn.clone(), 0..=MAX_ORDER + 1).prop_map(|(p, o)| Op::PreserveFolio(p & !((1 << o) - 1), o)),
+        2 => (pfn.clone(), 0..=MAX_ORDER).prop_map(|(p, o)| Op::UnpreserveFolio(p & !((1 << o) - 1), o)),
+        3 => (pfn.clone(), 1u64..3000).prop_map(|(p, n)| Op::PreservePages(p, n)),
+        1 => (pfn.clone(), 1u64..3000).prop_map(|(p, n)| Op::UnpreservePages(p, n)),
+        1 => (0u8..4, pfn, 1u64..4).prop_map(|(i, p, n)| Op::AddBlob(i, p, n)),
+        1 => (0u8..4).prop_map(Op::RemoveBlob),
+        1 => any::<bool>().prop_map(Op::Finalize),
+        1 => Just(Op::Abort),
+    ]
+}
+
+fn ram() -> Vec<PhysRange> {
+    vec![PhysRange::new(PhysAddr::new(RAM_START), RAM_LEN).unwrap()]
+}
+fn scratch() -> PhysRange {
+    PhysRange::new(PhysAddr::new(SCRATCH.0), SCRATCH.1).unwrap()
+}
+fn pfn(n: u64) -> Pfn {
+    Pfn::new(n).unwrap()
+}
+fn order(n: u32) -> Order {
+    Order::new(n).unwrap()
+}
+
+#[derive(Default)]
+struct Model {
+    blocks: BTreeSet<Block>,
+    blobs: BTreeMap<String, (u64, u64)>,
+    finalized: bool,
+}
+
+impl Model {
+    fn free(&self, blocks: &[Block]) -> bool {
+        blocks.iter().all(|b| {
+            !b.range().overlaps(scratch())
+                && b.phys().as_u64() >= RAM_START
+                && b.range().end().as_u64() <= RAM_START + RAM_LEN
+                && !self.blocks.iter().any(|m| m.range().overlaps(b.range()))
+        })
+    }
+    fn split(p: u64, n: u64) -> Vec<Block> {
+        split_range(pfn(p), n, order(MAX_ORDER)).collect()
+    }
+}
+
+fn blob_name(i: u8) -> String {
+    format!("blob-{i}")
+}
+
+/// The page the FDT lives in is preserved by finalize; the test checks it separately.
+fn decode(plat: &TestPlatform, kho: &Kho<&TestPlatform>) -> Handover {
+    let fin = kho.finalized().expect("finalized");
+    let mut cfg = IncomingConfig::new(ram());
+    cfg.max_order = order(MAX_ORDER);
+    cfg.v1_bitmap_bytes = kho.config().bitmap_bytes;
+    Handover::parse(plat, &fin.ptr, &cfg).unwrap()
+}
+
+fn run(ops: Vec<Op>, format: FormatVersion, bitmap: kho_core::BitmapBytes) -> Result<(), TestCaseError> {
+    let plat = TestPlatform::new(&ram(), PhysRange::new(PhysAddr::new(POOL.0), POOL.1).unwrap());
+    let mut cfg = OutgoingConfig::new(ram(), vec![scratch()]);
+    cfg.max_order = order(MAX_ORDER);
+    cfg.bitmap_bytes = bitmap;
+    let kho = Kho::new(&plat, cfg).unwrap();
+    let mut m = Model::default();
+    for op in ops {
+        match op {
+            Op::PreserveFolio(p, o) => {
+                let r = kho.preserve_folio(pfn(p), order(o));
+                let b = Block::new(pfn(p), order(o)).unwrap();
+                let ok = !m.finalized && o <= MAX_ORDER && m.free(&[b]);
+                prop_assert_eq!(r.is_ok(), ok, "{:?} -> {:?}", op, r);
+                if ok {
+                    m.blocks.insert(b);
+                }
+            }
+            Op::UnpreserveFolio(p, o) => {
+                let r = kho.unpreserve_folio(pfn(p), order(o));
+                let b = Block::new(pfn(p), order(o)).unwrap();
+                let ok = !m.finalized
+                    && m.blocks.contains(&b)
+                    && !m.blobs.values().any(|&(bp, bn)| Model::split(bp, bn).contains(&b));
+                if ok {
+                    prop_assert!(r.is_ok(), "{:?} -> {:?}", op, r);
+                    m.blocks.remove(&b);
+                } else if !m.blocks.contains(&b) || m.finalized {
+                    prop_assert!(r.is_err());
+                } else {
+                    // The engine lets callers unpreserve a blob's page; keep the model in step.
+                    prop_assert!(r.is_ok());
+                    m.blocks.remove(&b);
+                    m.blobs.retain(|_, &mut (bp, bn)| !Model::split(bp, bn).contains(&b));
+                    return Ok(());
+                }
+            }
+            Op::PreservePages(p, n) => {
+                let blocks = Model::split(p, n);
+                let r = kho.preserve_pages(pfn(p), n);
+                let ok = !m.finalized && m.free(&blocks);
+                prop_assert_eq!(r.is_ok(), ok, "{:?} -> {:?}", op, r);
+                if ok {
+                    m.blocks.extend(blocks);
+                }
+            }
+            Op::UnpreservePages(p, n) => {
+                let blocks = Model::split(p, n);
+                let r = kho.unpreserve_pages(pfn(p), n);
+                let ok = !m.finalized
+                    && blocks.iter().all(|b| m.blocks.contains(b))
+                    && !m.blobs.values().any(|&(bp, bn)| Model::split(bp, bn).iter().any(|b| blocks.contains(b)));
+                if ok {
+                    prop_assert!(r.is_ok(), "{:?} -> {:?}", op, r);
+                    for b in &blocks {
+                        m.blocks.remove(b);
+                    }
+                } else if m.finalized || !blocks.iter().all(|b| m.blocks.contains(b)) {
+                    prop_assert!(r.is_err());
+                } else {
+                    return Ok(());
+                }
+            }
+            Op::AddBlob(i, p, n) => {
+                let name = blob_name(i);
+                let blocks = Model::split(p, n);
+                // kho-v1 blobs are FDTs (the format has no size field).
+                let dtb =
+                    kho_core::fdt::FdtTree { root: kho_core::fdt::FdtNode::new("").prop_str("compatible", &name) }
+                        .to_dtb()
+                        .unwrap();
+                let _ = kho_core::PhysWrite::write_phys(&plat, pfn(p).phys(), &dtb);
+                let r = kho.add_subtree(&name, pfn(p).phys(), n * PAGE_SIZE);
+                let ok = !m.finalized && !m.blobs.contains_key(&name) && m.free(&blocks);
+                prop_assert_eq!(r.is_ok(), ok, "{:?} -> {:?}", op, r);
+                if ok {
+                    m.blocks.extend(blocks);
+                    m.blobs.insert(name, (p, n));
+                }
+            }
+            Op::RemoveBlob(i) => {
+                let name = blob_name(i);
+                let r = kho.remove_subtree(&name);
+                let ok = !m.finalized && m.blobs.contains_key(&name);
+                prop_assert_eq!(r.is_ok(), ok, "{:?} -> {:?}", op, r);
+                if ok {
+                    let (p, n) = m.blobs.remove(&name).unwrap();
+                    for b in Model::split(p, n) {
+                        m.blocks.remove(&b);
+                    }
+                }
+            }
+            Op::Finalize(v4) => {
+                let fmt = if v4 { FormatVersion::V4 } else { format };
+                let r = kho.finalize(fmt);
+                prop_assert_eq!(r.is_ok(), !m.finalized, "{:?}", r);
+                if r.is_ok() {
+                    m.finalized = true;
+                    let h = decode(&plat, &kho);
+                    let fdt = Block::at(kho.finalized().unwrap().ptr.fdt, Order::ZERO).unwrap();
+                    let mut want = m.blocks.clone();
+                    want.insert(fdt);
+                    let got: BTreeSet<Block> = h.preserved().iter().collect();
+                    prop_assert_eq!(got, want);
+                }
+            }
+            Op::Abort => {
+                let r = kho.abort();
+                prop_assert_eq!(r.is_ok(), m.finalized);
+                m.finalized = false;
+            }
+        }
+        let got: BTreeSet<Block> = kho.preserved().unwrap().iter().collect();
+        let fdt = kho.finalized().map(|f| Block::at(f.ptr.fdt, Order::ZERO).unwrap());
+        let want: BTreeSet<Block> = m.blocks.iter().copied().chain(fdt).collect();
+        prop_assert_eq!(got, want);
+    }
+    if !m.finalized {
+        kho.finalize(format).unwrap();
+    }
+    let mut h = decode(&plat, &kho);
+    let names: BTreeSet<String> = h.subtrees().iter().map(|s| s.name.clone()).collect();
+    prop_assert_eq!(names, m.blobs.keys().cloned().collect::<BTreeSet<_>>());
+    let mut map = RecordingMap { ram: ram(), ..RecordingMap::default() };
+    h.reserve(&mut map);
+    let pages: u64 = map.reserved[0].iter().map(|r| r.len() / PAGE_SIZE).sum();
+    prop_assert_eq!(pages, m.blocks.iter().map(|b| b.order().nr_pages()).sum::<u64>() + 1);
+    for &b in &m.blocks {
+        prop_assert_eq!(h.restore_folio(&mut map, b.phys()), Ok(b));
+        prop_assert_eq!(h.restore_folio(&mut map, b.phys()), Err(Error::AlreadyRestored { block: b }));
+    }
+    prop_assert_eq!(h.unclaimed().count(), 1, "only the FDT page is left");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 256 }, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_model_v1_512(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops, FormatVersion::V1, kho_core::BitmapBytes::B512)?;
+    }
+
+    #[test]
+    fn engine_matches_model_v1_4096(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops, FormatVersion::V1, kho_core::BitmapBytes::B4096)?;
+    }
+
+    #[test]
+    fn engine_matches_model_v4(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops, FormatVersion::V4, kho_core::BitmapBytes::B512)?;
+    }
+}
