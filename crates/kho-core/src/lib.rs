@@ -2,7 +2,7 @@
 //!
 //! (The crate-level guide and the complete example live in `docs.md`.)
 #![doc = include_str!("../docs.md")]
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, loom)), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,6 +16,7 @@ pub mod incoming;
 pub mod outgoing;
 pub mod platform;
 pub mod split;
+mod sync;
 pub mod testing;
 pub mod types;
 

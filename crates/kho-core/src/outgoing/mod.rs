@@ -14,7 +14,7 @@ pub mod tracker;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use spin::Mutex;
+use crate::sync::{Guard, Lock};
 
 use crate::blockset::BlockSet;
 use crate::error::{Error, Field, Result};
@@ -105,7 +105,7 @@ struct State {
 pub struct Kho<P: Platform> {
     platform: P,
     config: OutgoingConfig,
-    state: Mutex<State>,
+    state: Lock<State>,
 }
 
 impl<P: Platform> Kho<P> {
@@ -136,7 +136,7 @@ impl<P: Platform> Kho<P> {
             check_in_ram(&config.ram, Field::ScratchEntry, s.start(), *s)?;
         }
         let tracker = Tracker::new(config.bitmap_bytes);
-        Ok(Self { platform, config, state: Mutex::new(State { tracker, subtrees: Vec::new(), output: None }) })
+        Ok(Self { platform, config, state: Lock::new(State { tracker, subtrees: Vec::new(), output: None }) })
     }
 
     /// The platform.
@@ -195,7 +195,7 @@ impl<P: Platform> Kho<P> {
         Ok(())
     }
 
-    fn open(&self) -> Result<spin::MutexGuard<'_, State>> {
+    fn open(&self) -> Result<Guard<'_, State>> {
         let st = self.state.lock();
         if st.output.is_some() { Err(Error::Finalized) } else { Ok(st) }
     }
