@@ -367,3 +367,9 @@ impl Error {
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+impl From<MemError> for Error {
+    fn from(e: MemError) -> Self {
+        Error::Unreadable { what: Field::MemorySource, at: e.phys, len: e.len }
+    }
+}

@@ -1,6 +1,3 @@
-//! Kexec HandOver (KHO): keep chosen memory intact across a kexec into a new kernel.
-//!
-//! (The crate-level guide and the complete example live in `docs.md`.)
 #![doc = include_str!("../docs.md")]
 #![cfg_attr(not(any(test, loom)), no_std)]
 #![forbid(unsafe_code)]
