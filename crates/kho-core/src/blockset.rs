@@ -216,23 +216,29 @@ impl BlockSet {
         }
         let units = self.orders.entry(shift as u8).or_default();
         let mut added = 0u64;
-        for (i, &w) in words.iter().enumerate() {
-            if w == 0 {
-                continue;
-            }
+        let mut i = 0usize;
+        // One map lookup per unit, then plain word ORs: decoders hand in 64 to 512 words.
+        while i < words.len() {
             let n = first + (i as u64) * 64;
-            let unit = units.entry(n / UNIT_BITS).or_insert_with(new_unit);
-            #[allow(clippy::cast_possible_truncation)]
-            let slot = &mut unit[((n % UNIT_BITS) / 64) as usize];
-            let dup = *slot & w;
-            if dup != 0 {
-                let pfn = (n + u64::from(dup.trailing_zeros())) << shift;
-                let block = Pfn::new(pfn).and_then(|p| Block::new(p, order)).expect("checked above");
-                self.len += added;
-                return Err(Error::Overlap { what: Field::Block, block, other: block });
+            #[allow(clippy::cast_possible_truncation)] // < UNIT_WORDS
+            let slot0 = ((n % UNIT_BITS) / 64) as usize;
+            let take = (UNIT_WORDS - slot0).min(words.len() - i);
+            let chunk = &words[i..i + take];
+            if chunk.iter().any(|&w| w != 0) {
+                let unit = units.entry(n / UNIT_BITS).or_insert_with(new_unit);
+                for (j, (&w, slot)) in chunk.iter().zip(&mut unit[slot0..slot0 + take]).enumerate() {
+                    let dup = *slot & w;
+                    if dup != 0 {
+                        let pfn = (n + (j as u64) * 64 + u64::from(dup.trailing_zeros())) << shift;
+                        let block = Pfn::new(pfn).and_then(|p| Block::new(p, order)).expect("checked above");
+                        self.len += added;
+                        return Err(Error::Overlap { what: Field::Block, block, other: block });
+                    }
+                    *slot |= w;
+                    added += u64::from(w.count_ones());
+                }
             }
-            *slot |= w;
-            added += u64::from(w.count_ones());
+            i += take;
         }
         self.len += added;
         Ok(())

@@ -161,7 +161,7 @@ impl<P: Platform> Kho<P> {
             });
         }
         let first = block.phys().as_u64() & !(PAGE_SIZE - 1);
-        if let Some(&meta) = st.tracker.bitmap_pages().range(first..range.end().as_u64()).next() {
+        if let Some(meta) = st.tracker.bitmap_page_in(first, range.end().as_u64()) {
             let meta_block = Block::at(PhysAddr::new(meta), Order::ZERO).expect("page aligned");
             return Err(Error::Overlap { what: Field::ChunkBitmap, block, other: meta_block });
         }
@@ -327,7 +327,7 @@ impl<P: Platform> Kho<P> {
             blocks: st.tracker.blocks(),
             bytes: st.tracker.bytes(),
             bitmaps: st.tracker.bitmap_count() as u64,
-            bitmap_pages: st.tracker.bitmap_pages().len() as u64,
+            bitmap_pages: st.tracker.bitmap_page_count() as u64,
             subtrees: st.subtrees.len() as u64,
         }
     }

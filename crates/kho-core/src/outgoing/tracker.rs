@@ -6,6 +6,7 @@
 //! are packed eight to a page (as Linux 6.16's kmalloc-512 did); a page is returned to the
 //! platform when its last bitmap is freed.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
@@ -13,7 +14,7 @@ use crate::blockset::BlockSet;
 use crate::error::{Error, Field, Result};
 use crate::format::BitmapBytes;
 use crate::platform::{MetaAlloc, PhysRead, PhysWrite};
-use crate::types::{Block, Order, PAGE_SIZE, Pfn, PhysAddr};
+use crate::types::{Block, ORDER_LIMIT, Order, PAGE_SIZE, Pfn, PhysAddr};
 
 /// Where one bitmap of the tracker lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +27,67 @@ pub struct BitmapRef {
     pub phys: PhysAddr,
 }
 
+/// Bitmap index -> bitmap address for one order, in two levels: a small sorted map of
+/// 512-slot tables. A lookup is one descent of a map with one entry per 512 bitmaps (128
+/// entries for 1 TiB tracked at order 0) and an array index, so preserve stays O(1) in
+/// practice; iteration stays sorted, which serialization needs.
+#[derive(Debug, Default)]
+struct OrderIndex {
+    tables: BTreeMap<u64, (u32, Box<[u64; TABLE_SLOTS]>)>,
+    len: usize,
+}
+
+const TABLE_SLOTS: usize = 512;
+
+impl OrderIndex {
+    fn split(index: u64) -> (u64, usize) {
+        #[allow(clippy::cast_possible_truncation)] // < TABLE_SLOTS
+        (index / TABLE_SLOTS as u64, (index % TABLE_SLOTS as u64) as usize)
+    }
+    fn get(&self, index: u64) -> Option<PhysAddr> {
+        let (t, i) = Self::split(index);
+        let raw = self.tables.get(&t)?.1[i];
+        (raw != 0).then_some(PhysAddr::new(raw))
+    }
+    fn insert(&mut self, index: u64, bitmap: PhysAddr) {
+        let (t, i) = Self::split(index);
+        let (used, table) = self.tables.entry(t).or_insert_with(|| (0, Box::new([0; TABLE_SLOTS])));
+        *used += 1;
+        table[i] = bitmap.as_u64();
+        self.len += 1;
+    }
+    fn remove(&mut self, index: u64) {
+        let (t, i) = Self::split(index);
+        if let Some((used, table)) = self.tables.get_mut(&t) {
+            table[i] = 0;
+            *used -= 1;
+            self.len -= 1;
+            if *used == 0 {
+                self.tables.remove(&t);
+            }
+        }
+    }
+    /// Entries with index in `lo..=hi`, ascending.
+    fn range(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, PhysAddr)> + '_ {
+        let (tlo, thi) = (lo / TABLE_SLOTS as u64, hi / TABLE_SLOTS as u64);
+        self.tables.range(tlo..=thi).flat_map(move |(&t, (_, table))| {
+            table.iter().enumerate().filter_map(move |(i, &raw)| {
+                let index = t * TABLE_SLOTS as u64 + i as u64;
+                (raw != 0 && (lo..=hi).contains(&index)).then_some((index, PhysAddr::new(raw)))
+            })
+        })
+    }
+    fn iter(&self) -> impl Iterator<Item = (u64, PhysAddr)> + '_ {
+        self.range(0, u64::MAX)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Tracker {
     bitmap: BitmapBytes,
-    orders: BTreeMap<u8, BTreeMap<u64, PhysAddr>>,
+    /// Indexed by order; `present` has bit `o` set while order `o` has any bitmap.
+    orders: Vec<OrderIndex>,
+    present: u64,
     free_slots: Vec<PhysAddr>,
     page_use: BTreeMap<u64, u32>,
     blocks: u64,
@@ -42,7 +100,8 @@ fn platform_err(e: crate::platform::MemError) -> Error {
 
 impl Tracker {
     pub(crate) fn new(bitmap: BitmapBytes) -> Self {
-        Self { bitmap, orders: BTreeMap::new(), free_slots: Vec::new(), page_use: BTreeMap::new(), blocks: 0, bytes: 0 }
+        let orders = (0..=ORDER_LIMIT).map(|_| OrderIndex::default()).collect();
+        Self { bitmap, orders, present: 0, free_slots: Vec::new(), page_use: BTreeMap::new(), blocks: 0, bytes: 0 }
     }
 
     pub(crate) fn bitmap_bytes(&self) -> BitmapBytes {
@@ -58,7 +117,7 @@ impl Tracker {
     }
 
     fn slot(&self, order: Order, index: u64) -> Option<PhysAddr> {
-        self.orders.get(&(order.as_u32() as u8))?.get(&index).copied()
+        self.orders.get(order.as_u32() as usize)?.get(index)
     }
 
     pub(crate) fn contains<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<bool> {
@@ -70,10 +129,10 @@ impl Tracker {
 
     /// Any block of `order` inside frames `[start, end)` (both aligned to `order`)?
     fn any_in<M: PhysRead + ?Sized>(&self, mem: &M, order: Order, start: u64, end: u64) -> Result<Option<Block>> {
-        let Some(units) = self.orders.get(&(order.as_u32() as u8)) else { return Ok(None) };
+        let Some(units) = self.orders.get(order.as_u32() as usize) else { return Ok(None) };
         let bits = self.bitmap.bits();
         let (first, last) = (start >> order.as_u32(), (end >> order.as_u32()).saturating_sub(1));
-        for (&index, &bm) in units.range(first / bits..=last / bits) {
+        for (index, bm) in units.range(first / bits, last / bits) {
             let lo = first.max(index * bits) - index * bits;
             let hi = last.min(index * bits + bits - 1) - index * bits;
             for word in lo / 64..=hi / 64 {
@@ -98,8 +157,7 @@ impl Tracker {
     /// The tracked block that overlaps `block`, if any (exact duplicates included).
     pub(crate) fn overlapping<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<Option<Block>> {
         let (s, e) = (block.pfn().as_u64(), block.end_pfn());
-        for &o in self.orders.keys() {
-            let order = Order::new(u32::from(o)).expect("tracked orders are valid");
+        for order in self.present_orders() {
             if order >= block.order() {
                 let start = s & !(order.nr_pages() - 1);
                 let candidate = Block::new(Pfn::new(start).expect("in range"), order).expect("aligned");
@@ -165,7 +223,11 @@ impl Tracker {
             Some(bm) => bm,
             None => {
                 let bm = self.alloc_slot(plat, scratch)?;
-                self.orders.entry(block.order().as_u32() as u8).or_default().insert(index, bm);
+                let o = block.order().as_u32() as usize;
+                if let Some(units) = self.orders.get_mut(o) {
+                    units.insert(index, bm);
+                    self.present |= 1 << o;
+                }
                 bm
             }
         };
@@ -190,11 +252,12 @@ impl Tracker {
         self.blocks -= 1;
         self.bytes -= block.order().bytes();
         if w & !mask == 0 && self.bitmap_is_empty(plat, bm)? {
-            let o = block.order().as_u32() as u8;
-            let units = self.orders.get_mut(&o).expect("present");
-            units.remove(&index);
-            if units.is_empty() {
-                self.orders.remove(&o);
+            let o = block.order().as_u32() as usize;
+            if let Some(units) = self.orders.get_mut(o) {
+                units.remove(index);
+                if units.len == 0 {
+                    self.present &= !(1 << o);
+                }
             }
             self.free_slot(plat, bm)?;
         }
@@ -214,9 +277,9 @@ impl Tracker {
 
     /// Every bitmap, ascending by order then index: what finalize links into chunks.
     pub(crate) fn bitmaps(&self) -> impl Iterator<Item = BitmapRef> + '_ {
-        self.orders.iter().flat_map(|(&o, units)| {
-            let order = Order::new(u32::from(o)).expect("tracked orders are valid");
-            units.iter().map(move |(&index, &phys)| BitmapRef { order, index, phys })
+        self.present_orders().flat_map(|order| {
+            let units = &self.orders[order.as_u32() as usize];
+            units.iter().map(move |(index, phys)| BitmapRef { order, index, phys })
         })
     }
 
@@ -236,6 +299,19 @@ impl Tracker {
         Ok(set)
     }
 
+    /// Orders that have at least one bitmap, ascending.
+    fn present_orders(&self) -> impl Iterator<Item = Order> + '_ {
+        let mut bits = self.present;
+        core::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let o = bits.trailing_zeros();
+            bits &= bits - 1;
+            Order::new(o)
+        })
+    }
+
     pub(crate) fn blocks(&self) -> u64 {
         self.blocks
     }
@@ -246,8 +322,16 @@ impl Tracker {
     pub(crate) fn bitmap_pages(&self) -> BTreeSet<u64> {
         self.page_use.keys().copied().collect()
     }
+    /// The first bitmap page inside `[start, end)`, if any.
+    pub(crate) fn bitmap_page_in(&self, start: u64, end: u64) -> Option<u64> {
+        self.page_use.range(start..end).next().map(|(&p, _)| p)
+    }
+    /// Number of pages holding bitmaps.
+    pub(crate) fn bitmap_page_count(&self) -> usize {
+        self.page_use.len()
+    }
     pub(crate) fn bitmap_count(&self) -> usize {
-        self.orders.values().map(BTreeMap::len).sum()
+        self.orders.iter().map(|o| o.len).sum()
     }
 }
 
