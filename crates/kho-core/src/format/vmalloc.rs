@@ -1,1 +1,443 @@
-//! (being written)
+//! Preserved vmalloc areas (spec §2.3, since Linux 6.18): a 16-byte `struct kho_vmalloc`
+//! descriptor, embedded in its owner's blob, that heads a chain of one-page chunks listing
+//! the physical address of every `2^order`-page piece of the area.
+//!
+//! Chunk layout: `hdr.next` (u64, 0 = end) then 511 (for 4 KiB pages) u64 piece addresses,
+//! where a 0 entry ends the chunk early. Linux's restore is bounded only by `total_pages`;
+//! the decoder here also checks every chunk pointer, refuses cycles and duplicate pieces,
+//! bounds the chunk count by what `total_pages` needs, and checks each piece is aligned to
+//! its order and inside RAM, outside scratch.
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+use crate::error::{Error, Field, Result};
+use crate::format::{WalkContext, le64};
+use crate::platform::{PhysRead, Platform};
+use crate::types::{Block, ORDER_LIMIT, Order, PAGE_BYTES, PAGE_SIZE, PhysAddr};
+
+/// Bytes of `struct kho_vmalloc`.
+pub const DESC_BYTES: usize = 16;
+/// Piece addresses per chunk: `(PAGE_SIZE - 8) / 8` (`KHO_VMALLOC_SIZE`, 511 for 4 KiB).
+pub const CHUNK_ENTRIES: usize = (PAGE_BYTES - 8) / 8;
+/// `flags` bit: the area came from `vmalloc` (`VM_ALLOC`).
+pub const FLAG_ALLOC: u16 = 0x1;
+/// `flags` bit: the area may use huge mappings (`VM_ALLOW_HUGE_VMAP`).
+pub const FLAG_HUGE_VMAP: u16 = 0x2;
+/// Every flag bit Linux 7.3 knows; others make its restore fail.
+pub const KNOWN_FLAGS: u16 = FLAG_ALLOC | FLAG_HUGE_VMAP;
+
+/// `struct kho_vmalloc`: where the chunk chain starts and what the area looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KhoVmalloc {
+    /// First chunk (NULL for an empty area).
+    pub first: PhysAddr,
+    /// Pages in the area (a multiple of `2^order`).
+    pub total_pages: u32,
+    /// [`FLAG_ALLOC`] / [`FLAG_HUGE_VMAP`].
+    pub flags: u16,
+    /// Order of every piece.
+    pub order: u16,
+}
+
+impl KhoVmalloc {
+    /// Decodes the 16 bytes of a descriptor found at `at`.
+    ///
+    /// # Errors
+    /// [`Error::BadValue`] (`Blob`) if `bytes` is not exactly 16 bytes long, and
+    /// (`VmallocFlags`) for flag bits Linux does not define.
+    pub fn from_bytes(bytes: &[u8], at: PhysAddr) -> Result<Self> {
+        let Ok(b) = <&[u8; DESC_BYTES]>::try_from(bytes) else {
+            return Err(Error::BadValue {
+                what: Field::Blob,
+                at,
+                found: bytes.len() as u64,
+                expected: "a 16-byte struct kho_vmalloc",
+            });
+        };
+        let desc = Self {
+            first: PhysAddr::new(le64(b, 0)),
+            total_pages: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            flags: u16::from_le_bytes([b[12], b[13]]),
+            order: u16::from_le_bytes([b[14], b[15]]),
+        };
+        if desc.flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::BadValue {
+                what: Field::VmallocFlags,
+                at: offset(at, 12),
+                found: u64::from(desc.flags),
+                expected: "only KHO_VMALLOC_ALLOC (0x1) and KHO_VMALLOC_HUGE_VMAP (0x2)",
+            });
+        }
+        Ok(desc)
+    }
+
+    /// The 16 bytes Linux expects.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; DESC_BYTES] {
+        let mut out = [0u8; DESC_BYTES];
+        out[0..8].copy_from_slice(&self.first.as_u64().to_le_bytes());
+        out[8..12].copy_from_slice(&self.total_pages.to_le_bytes());
+        out[12..14].copy_from_slice(&self.flags.to_le_bytes());
+        out[14..16].copy_from_slice(&self.order.to_le_bytes());
+        out
+    }
+}
+
+/// A decoded area: its pieces in area order and the chunk pages that listed them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmallocArea {
+    /// Physical address of each `2^order`-page piece, in virtual-address order.
+    pub pieces: Vec<PhysAddr>,
+    /// The chunk pages (Linux preserves them as order-0 blocks and frees them on restore).
+    pub chunk_pages: Vec<PhysAddr>,
+}
+
+impl VmallocArea {
+    /// The pieces as preserved blocks of `order`.
+    #[must_use]
+    pub fn blocks(&self, order: Order) -> Vec<Block> {
+        self.pieces.iter().filter_map(|&p| Block::at(p, order)).collect()
+    }
+}
+
+fn offset(at: PhysAddr, bytes: u64) -> PhysAddr {
+    PhysAddr::new(at.as_u64().wrapping_add(bytes))
+}
+
+/// Walks the chunk chain of `desc` (found at `at`) with every check.
+///
+/// # Errors
+/// - [`Error::OrderTooLarge`] (`VmallocOrder`) above [`ORDER_LIMIT`].
+/// - Chunk pointers (`VmallocChunk`, at the `first`/`next` field): as
+///   [`WalkContext::read_meta_page`], plus [`Error::Cycle`] for a chunk seen twice and
+///   [`Error::TooMany`] for more chunks than `total_pages` needs (one spare allowed, as Linux
+///   may leave an empty trailing chunk).
+/// - Pieces (`VmallocPiece`, at the entry): as [`WalkContext::check_pointer`], plus
+///   [`Error::Overlap`] for a duplicate and [`Error::TooMany`] past `total_pages` pages.
+/// - [`Error::BadValue`] (`VmallocTotalPages`) if the chain lists fewer pages.
+pub fn decode_chain<M: PhysRead + ?Sized>(
+    ctx: &mut WalkContext<'_, M>,
+    desc: &KhoVmalloc,
+    at: PhysAddr,
+) -> Result<VmallocArea> {
+    let Some(order) = Order::new(u32::from(desc.order)) else {
+        return Err(Error::OrderTooLarge {
+            what: Field::VmallocOrder,
+            at: offset(at, 14),
+            order: u64::from(desc.order),
+            max: u32::from(ORDER_LIMIT),
+        });
+    };
+    let total = u64::from(desc.total_pages);
+    let max_chunks = (total >> order.as_u32()) / CHUNK_ENTRIES as u64 + 1;
+    let mut area = VmallocArea::default();
+    let mut seen_chunks = BTreeSet::new();
+    let mut seen_pieces = BTreeSet::new();
+    let mut pages = 0u64;
+    let mut buf = alloc::boxed::Box::new([0u8; PAGE_BYTES]);
+    let (mut chunk, mut chunk_at) = (desc.first, at);
+    while !chunk.is_null() {
+        if seen_chunks.contains(&chunk.as_u64()) {
+            return Err(Error::Cycle { what: Field::VmallocChunk, at: chunk_at, target: chunk });
+        }
+        if area.chunk_pages.len() as u64 >= max_chunks {
+            return Err(Error::TooMany { what: Field::VmallocChunk, at: chunk_at, limit: max_chunks });
+        }
+        ctx.read_meta_page(Field::VmallocChunk, chunk_at, chunk, &mut buf)?;
+        seen_chunks.insert(chunk.as_u64());
+        area.chunk_pages.push(chunk);
+        for i in 0..CHUNK_ENTRIES {
+            let raw = le64(&buf[..], 8 + i * 8);
+            if raw == 0 {
+                break;
+            }
+            let entry_at = offset(chunk, 8 + (i as u64) * 8);
+            let piece = PhysAddr::new(raw);
+            ctx.check_pointer(Field::VmallocPiece, entry_at, piece, order.bytes(), order.bytes())?;
+            pages += order.nr_pages();
+            if pages > total {
+                return Err(Error::TooMany { what: Field::VmallocPiece, at: entry_at, limit: total });
+            }
+            if !seen_pieces.insert(raw) {
+                let block = Block::at(piece, order).ok_or(Error::Misaligned {
+                    what: Field::VmallocPiece,
+                    at: entry_at,
+                    value: raw,
+                    align: order.bytes(),
+                })?;
+                return Err(Error::Overlap { what: Field::VmallocPiece, block, other: block });
+            }
+            area.pieces.push(piece);
+        }
+        chunk_at = chunk;
+        chunk = PhysAddr::new(le64(&buf[..], 0));
+    }
+    if pages != total {
+        return Err(Error::BadValue {
+            what: Field::VmallocTotalPages,
+            at: offset(at, 8),
+            found: total,
+            expected: "the number of pages the chunk chain lists",
+        });
+    }
+    Ok(area)
+}
+
+/// Reads the first `buf.len()` bytes of a decoded area (pieces of `order`, in order).
+///
+/// # Errors
+/// [`Error::BadValue`] (`VmallocTotalPages`, at `at`) if the area is shorter than `buf`;
+/// [`Error::Unreadable`] (`VmallocPiece`) if memory does not back a piece.
+pub fn read_area<M: PhysRead + ?Sized>(
+    mem: &M,
+    area: &VmallocArea,
+    order: Order,
+    at: PhysAddr,
+    buf: &mut [u8],
+) -> Result<()> {
+    let piece_bytes = usize::try_from(order.bytes()).unwrap_or(usize::MAX);
+    let mut pieces = area.pieces.iter();
+    for dst in buf.chunks_mut(piece_bytes) {
+        let Some(&piece) = pieces.next() else {
+            return Err(Error::BadValue {
+                what: Field::VmallocTotalPages,
+                at,
+                found: area.pieces.len() as u64,
+                expected: "an area large enough for the data it holds",
+            });
+        };
+        mem.read_phys(piece, dst).map_err(|e| Error::unreadable(Field::VmallocPiece, e))?;
+    }
+    Ok(())
+}
+
+/// Writes the chunk chain for `pieces` (each `2^order` pages, in area order) in pages from
+/// the platform's metadata allocator, and returns the descriptor and the chunk pages, which
+/// the caller must preserve as order-0 blocks (Linux does; the next kernel restores them).
+/// Unlike Linux, no empty trailing chunk is written when the last one fills exactly.
+///
+/// # Errors
+/// - [`Error::BadValue`] (`VmallocFlags`) for unknown flag bits, (`VmallocTotalPages`) if the
+///   area has more than `u32::MAX` pages;
+/// - [`Error::Null`] / [`Error::Misaligned`] (`VmallocPiece`) for a piece that is NULL or not
+///   aligned to its order (`at` is the piece's index, as an address);
+/// - [`Error::OutOfMemory`], [`Error::Unreadable`]: every chunk allocated so far is freed
+///   first.
+pub fn encode<P: Platform + ?Sized>(
+    plat: &P,
+    pieces: &[PhysAddr],
+    order: Order,
+    flags: u16,
+) -> Result<(KhoVmalloc, Vec<PhysAddr>)> {
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(Error::BadValue {
+            what: Field::VmallocFlags,
+            at: PhysAddr::new(0),
+            found: u64::from(flags),
+            expected: "only KHO_VMALLOC_ALLOC (0x1) and KHO_VMALLOC_HUGE_VMAP (0x2)",
+        });
+    }
+    let total_pages = (pieces.len() as u64).checked_mul(order.nr_pages()).and_then(|n| u32::try_from(n).ok()).ok_or(
+        Error::BadValue {
+            what: Field::VmallocTotalPages,
+            at: PhysAddr::new(0),
+            found: pieces.len() as u64,
+            expected: "an area of at most u32::MAX pages",
+        },
+    )?;
+    for (i, &p) in pieces.iter().enumerate() {
+        let at = PhysAddr::new(i as u64);
+        if p.is_null() {
+            return Err(Error::Null { what: Field::VmallocPiece, at });
+        }
+        if !p.is_aligned(order.bytes()) {
+            return Err(Error::Misaligned { what: Field::VmallocPiece, at, value: p.as_u64(), align: order.bytes() });
+        }
+    }
+    let mut chunks: Vec<PhysAddr> = Vec::with_capacity(pieces.len().div_ceil(CHUNK_ENTRIES));
+    match write_chunks(plat, pieces, &mut chunks) {
+        Ok(()) => {
+            let first = chunks.first().copied().unwrap_or_default();
+            let order_raw = u16::try_from(order.as_u32()).unwrap_or(u16::MAX);
+            Ok((KhoVmalloc { first, total_pages, flags, order: order_raw }, chunks))
+        }
+        Err(e) => {
+            for &c in &chunks {
+                plat.free_meta_page(c);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn write_chunks<P: Platform + ?Sized>(plat: &P, pieces: &[PhysAddr], chunks: &mut Vec<PhysAddr>) -> Result<()> {
+    let mut page = [0u8; PAGE_BYTES];
+    for group in pieces.chunks(CHUNK_ENTRIES) {
+        let chunk = plat.alloc_meta_page()?;
+        chunks.push(chunk);
+        if let [.., prev, _] = chunks.as_slice() {
+            plat.write_u64(*prev, chunk.as_u64()).map_err(|e| Error::unreadable(Field::VmallocChunk, e))?;
+        }
+        page.fill(0);
+        for (dst, p) in page[8..].chunks_exact_mut(8).zip(group) {
+            dst.copy_from_slice(&p.as_u64().to_le_bytes());
+        }
+        plat.write_phys(chunk, &page).map_err(|e| Error::unreadable(Field::VmallocChunk, e))?;
+    }
+    Ok(())
+}
+
+const _: () = assert!(8 + CHUNK_ENTRIES * 8 <= PAGE_BYTES && PAGE_SIZE as usize == PAGE_BYTES);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Limits;
+    use crate::testing::{SparseMem, TestPlatform};
+    use crate::types::PhysRange;
+
+    const GIB: u64 = 1 << 30;
+
+    fn range(start: u64, len: u64) -> PhysRange {
+        PhysRange::new(PhysAddr::new(start), len).unwrap()
+    }
+
+    fn platform() -> TestPlatform {
+        TestPlatform::new(&[range(0, 4 * GIB)], range(GIB, 16 << 20))
+    }
+
+    fn pieces(n: u64, order: u32) -> Vec<PhysAddr> {
+        (0..n).map(|i| PhysAddr::new(2 * GIB + (i << (order + 12)))).collect()
+    }
+
+    fn walk(mem: &SparseMem, desc: &KhoVmalloc, scratch: &[PhysRange]) -> Result<VmallocArea> {
+        let ram = [range(0, 4 * GIB)];
+        let mut ctx = WalkContext::new(mem, &ram, scratch, Limits::default());
+        decode_chain(&mut ctx, desc, PhysAddr::new(0x5000))
+    }
+
+    #[test]
+    fn descriptor_round_trips_and_checks_flags() {
+        let d = KhoVmalloc { first: PhysAddr::new(0x2c_d000), total_pages: 1, flags: FLAG_ALLOC, order: 0 };
+        let b = d.to_bytes();
+        assert_eq!(b, [0x00, 0xd0, 0x2c, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(KhoVmalloc::from_bytes(&b, PhysAddr::new(0)).unwrap(), d);
+        let mut bad = b;
+        bad[12] = 0x4;
+        assert!(matches!(
+            KhoVmalloc::from_bytes(&bad, PhysAddr::new(0x100)),
+            Err(Error::BadValue { what: Field::VmallocFlags, found: 4, at, .. }) if at == PhysAddr::new(0x10c)
+        ));
+        assert!(matches!(
+            KhoVmalloc::from_bytes(&b[..15], PhysAddr::new(0)),
+            Err(Error::BadValue { what: Field::Blob, found: 15, .. })
+        ));
+    }
+
+    #[test]
+    fn encode_decode_round_trip_across_chunks() {
+        for (n, order) in [(0u64, 0u32), (1, 0), (511, 0), (512, 2), (1500, 1)] {
+            let plat = platform();
+            let ps = pieces(n, order);
+            let (desc, chunks) = encode(&plat, &ps, Order::new(order).unwrap(), FLAG_ALLOC).unwrap();
+            assert_eq!(u64::from(desc.total_pages), n << order);
+            assert_eq!(chunks.len(), ps.len().div_ceil(CHUNK_ENTRIES));
+            let area = walk(&plat.mem, &desc, &[]).unwrap();
+            assert_eq!(area.pieces, ps);
+            assert_eq!(area.chunk_pages, chunks);
+        }
+    }
+
+    #[test]
+    fn empty_trailing_chunk_is_accepted() {
+        let plat = platform();
+        let ps = pieces(511, 0);
+        let (desc, chunks) = encode(&plat, &ps, Order::ZERO, FLAG_ALLOC).unwrap();
+        // Link an empty chunk after the full one, as Linux does.
+        plat.mem.write_bytes(chunks[0], &0x30_0000u64.to_le_bytes());
+        let area = walk(&plat.mem, &desc, &[]).unwrap();
+        assert_eq!(area.chunk_pages, [chunks[0], PhysAddr::new(0x30_0000)]);
+    }
+
+    #[test]
+    fn allocation_failure_rolls_back() {
+        let plat = platform();
+        let ps = pieces(1200, 0);
+        for n in 0..3 {
+            plat.fail_alloc_at(Some(n));
+            assert_eq!(encode(&plat, &ps, Order::ZERO, FLAG_ALLOC), Err(Error::OutOfMemory));
+            assert!(plat.live_meta_pages().is_empty());
+        }
+        plat.fail_alloc_at(None);
+    }
+
+    #[test]
+    fn encode_refuses_bad_arguments() {
+        let plat = platform();
+        let e = encode(&plat, &[PhysAddr::new(0x1000)], Order::new(1).unwrap(), 0).unwrap_err();
+        assert!(matches!(e, Error::Misaligned { what: Field::VmallocPiece, .. }), "{e}");
+        let e = encode(&plat, &[PhysAddr::new(0)], Order::ZERO, 0).unwrap_err();
+        assert!(matches!(e, Error::Null { what: Field::VmallocPiece, .. }), "{e}");
+        let e = encode(&plat, &[], Order::ZERO, 8).unwrap_err();
+        assert!(matches!(e, Error::BadValue { what: Field::VmallocFlags, .. }), "{e}");
+    }
+
+    #[test]
+    fn hostile_chains_are_refused() {
+        let plat = platform();
+        let ps = pieces(3, 0);
+        let (desc, chunks) = encode(&plat, &ps, Order::ZERO, FLAG_ALLOC).unwrap();
+        let c = chunks[0];
+
+        // Chunk pointing at itself.
+        plat.mem.write_bytes(c, &c.as_u64().to_le_bytes());
+        let e = walk(&plat.mem, &KhoVmalloc { total_pages: 1000, ..desc }, &[]).unwrap_err();
+        assert_eq!(e, Error::Cycle { what: Field::VmallocChunk, at: c, target: c });
+        plat.mem.write_bytes(c, &0u64.to_le_bytes());
+
+        // More pages than total_pages.
+        let e = walk(&plat.mem, &KhoVmalloc { total_pages: 2, ..desc }, &[]).unwrap_err();
+        assert_eq!(e, Error::TooMany { what: Field::VmallocPiece, at: PhysAddr::new(c.as_u64() + 24), limit: 2 });
+
+        // Fewer pages than total_pages.
+        let e = walk(&plat.mem, &KhoVmalloc { total_pages: 4, ..desc }, &[]).unwrap_err();
+        assert!(matches!(e, Error::BadValue { what: Field::VmallocTotalPages, found: 4, .. }), "{e}");
+
+        // Order too large.
+        let e = walk(&plat.mem, &KhoVmalloc { order: 41, ..desc }, &[]).unwrap_err();
+        assert!(matches!(e, Error::OrderTooLarge { what: Field::VmallocOrder, order: 41, .. }), "{e}");
+
+        // Misaligned piece for order 1.
+        let e = walk(&plat.mem, &KhoVmalloc { order: 1, total_pages: 6, ..desc }, &[]).unwrap_err();
+        assert!(matches!(e, Error::Misaligned { what: Field::VmallocPiece, .. }), "{e}");
+
+        // Piece in scratch.
+        let scratch = [range(ps[1].as_u64(), 0x1000)];
+        let e = walk(&plat.mem, &desc, &scratch).unwrap_err();
+        assert!(matches!(e, Error::InScratch { what: Field::VmallocPiece, .. }), "{e}");
+
+        // Duplicate piece.
+        plat.mem.write_bytes(PhysAddr::new(c.as_u64() + 16), &ps[0].as_u64().to_le_bytes());
+        let e = walk(&plat.mem, &desc, &[]).unwrap_err();
+        assert!(matches!(e, Error::Overlap { what: Field::VmallocPiece, .. }), "{e}");
+
+        // Chunk outside RAM.
+        let e = walk(&plat.mem, &KhoVmalloc { first: PhysAddr::new(8 * GIB), ..desc }, &[]).unwrap_err();
+        assert!(matches!(e, Error::OutsideRam { what: Field::VmallocChunk, at, .. } if at == PhysAddr::new(0x5000)));
+    }
+
+    #[test]
+    fn read_area_spans_pieces() {
+        let plat = platform();
+        let ps = pieces(2, 0);
+        plat.mem.write_bytes(ps[0], &[1u8; 4096]);
+        plat.mem.write_bytes(ps[1], &[2u8; 16]);
+        let area = VmallocArea { pieces: ps, chunk_pages: Vec::new() };
+        let mut buf = [0u8; 4100];
+        read_area(&plat.mem, &area, Order::ZERO, PhysAddr::new(0), &mut buf).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 1) && buf[4096..].iter().all(|&b| b == 2));
+        let mut big = alloc::vec![0u8; 3 * 4096];
+        assert!(read_area(&plat.mem, &area, Order::ZERO, PhysAddr::new(0), &mut big).is_err());
+    }
+}
