@@ -296,12 +296,12 @@ impl BlockSet {
         let mut prev: Option<Run> = None;
         let mut cur_end = 0u64;
         for r in runs {
-            if let Some(p) = prev {
-                if r.start < cur_end {
-                    let block = run_block(r.start, r.order);
-                    let other = overlapping_block(p, r.start);
-                    return Err(Error::Overlap { what: Field::Block, block, other });
-                }
+            if let Some(p) = prev
+                && r.start < cur_end
+            {
+                let block = run_block(r.start, r.order);
+                let other = overlapping_block(p, r.start);
+                return Err(Error::Overlap { what: Field::Block, block, other });
             }
             let range = frames_to_range(r.start, r.end);
             match out.last_mut() {

@@ -38,7 +38,7 @@ pub fn decode<M: PhysRead + ?Sized>(
     if array.is_null() {
         return Err(Error::Null { what: Field::ScratchArray, at: array });
     }
-    if size == 0 || size % ENTRY_BYTES != 0 || size / ENTRY_BYTES > max_areas {
+    if size == 0 || !size.is_multiple_of(ENTRY_BYTES) || size / ENTRY_BYTES > max_areas {
         return Err(Error::BadValue {
             what: Field::ScratchArray,
             at: array,
@@ -56,7 +56,7 @@ pub fn decode<M: PhysRead + ?Sized>(
         if !start.is_page_aligned() {
             return Err(Error::Misaligned { what: Field::ScratchEntry, at, value: addr, align: PAGE_SIZE });
         }
-        if len % PAGE_SIZE != 0 {
+        if !len.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Misaligned { what: Field::ScratchEntry, at, value: len, align: PAGE_SIZE });
         }
         let range = PhysRange::new(start, len).ok_or(Error::BadValue {

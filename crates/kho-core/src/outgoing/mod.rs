@@ -135,6 +135,14 @@ impl<P: Platform> Kho<P> {
         for s in &config.scratch {
             check_in_ram(&config.ram, Field::ScratchEntry, s.start(), *s)?;
         }
+        // The scratch array is handed over in one page.
+        if config.scratch.len() as u64 * scratch::ENTRY_BYTES > PAGE_SIZE {
+            return Err(Error::TooMany {
+                what: Field::ScratchArray,
+                at: PhysAddr::new(0),
+                limit: PAGE_SIZE / scratch::ENTRY_BYTES,
+            });
+        }
         let tracker = Tracker::new(config.bitmap_bytes);
         Ok(Self { platform, config, state: Lock::new(State { tracker, subtrees: Vec::new(), output: None }) })
     }
@@ -275,7 +283,7 @@ impl<P: Platform> Kho<P> {
         if !phys.is_page_aligned() {
             return Err(Error::Misaligned { what: Field::Argument, at: phys, value: phys.as_u64(), align: PAGE_SIZE });
         }
-        if size % PAGE_SIZE != 0 {
+        if !size.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Misaligned { what: Field::Argument, at: phys, value: size, align: PAGE_SIZE });
         }
         let pfn = phys.pfn().ok_or(Error::BadValue {
@@ -471,7 +479,7 @@ impl<P: Platform> Kho<P> {
                     .bitmaps()
                     .map(|b| v1::Entry {
                         order: b.order,
-                        phys_start: Pfn::new(b.index * bits << b.order.as_u32()).map_or(PhysAddr::new(0), Pfn::phys),
+                        phys_start: Pfn::new((b.index * bits) << b.order.as_u32()).map_or(PhysAddr::new(0), Pfn::phys),
                         bitmap: b.phys,
                     })
                     .collect();
@@ -501,15 +509,6 @@ impl<P: Platform> Kho<P> {
         } else {
             let first = self.alloc_page(Field::ScratchArray, pages)?;
             scratch_pages.push(first);
-            for _ in 1..(scratch_bytes.len() as u64).div_ceil(PAGE_SIZE) {
-                // Contiguity is not guaranteed by the allocator: keep the array in one page.
-                return Err(Error::BadValue {
-                    what: Field::ScratchArray,
-                    at: first,
-                    found: scratch_bytes.len() as u64,
-                    expected: "a scratch array that fits one page (256 areas)",
-                });
-            }
             self.platform.write_phys(first, &scratch_bytes).map_err(|e| Error::unreadable(Field::ScratchArray, e))?;
             first
         };
