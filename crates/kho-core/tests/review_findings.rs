@@ -5,8 +5,8 @@
 
 use kho_core::testing::{RecordingMap, TestPlatform};
 use kho_core::{
-    Block, Error, Field, FormatVersion, Handover, IncomingConfig, Kho, MemMap, OutgoingConfig, Order, PAGE_SIZE,
-    PhysAddr, PhysRange, Pfn,
+    Block, Error, Field, FormatVersion, Handover, IncomingConfig, Kho, MemMap, Order, OutgoingConfig, PAGE_SIZE, Pfn,
+    PhysAddr, PhysRange,
 };
 
 const RAM: (u64, u64) = (0x10_0000, 256 << 20);

@@ -1,0 +1,544 @@
+//! Subsystems that use KHO the way Linux subsystems do.
+//!
+//! - `guest`: a VM's RAM as 2 MiB folios (order 9, or the kernel's maximum if smaller).
+//! - `page-cache`: 4 KiB folios (order 0).
+//! - `table`: a table spread over scattered pieces of 1 to 8 pages, preserved and restored
+//!   as pages (the vmalloc pattern), its piece list kept in its own blob.
+//!
+//! Each fills its memory with seeded pseudo-random data, keeps a 64-bit hash per item in a
+//! blob (an FDT whose u64 values are raw little-endian) in pages it allocates, and registers
+//! the blob with `add_subtree`. After a kexec it finds the blob, restores every item and
+//! checks every byte against the hash; on a mismatch it regenerates the data to name the
+//! first wrong page and whether that page holds poison (it was not preserved).
+
+use kho_core::fdt::{FdtNode, FdtTree};
+use kho_core::incoming::{Handover, OversizedPolicy};
+use kho_core::outgoing::Kho;
+use kho_core::{Error as KhoError, Field, Order, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysRead, PhysWrite};
+use serde::{Deserialize, Serialize};
+
+use crate::SimError;
+use crate::kexec::{POISON_BYTE, is_poisoned};
+use crate::machine::Machine;
+
+/// Sizes of the workload, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadConfig {
+    /// Guest memory (2 MiB folios).
+    pub guest: u64,
+    /// Page cache (4 KiB folios).
+    pub page_cache: u64,
+    /// Scattered table.
+    pub table: u64,
+    /// Percent of items replaced between kexecs.
+    pub churn_percent: u32,
+}
+
+/// Guest folio order (2 MiB).
+pub const GUEST_ORDER: u32 = 9;
+const CHUNK: usize = 2 << 20;
+
+/// A deterministic generator (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    /// Next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.0)
+    }
+    /// A value below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Fills `buf` with the data stream of `seed`, starting at word `first`.
+fn generate(seed: u64, first: u64, buf: &mut [u8]) {
+    for (i, c) in buf.chunks_exact_mut(8).enumerate() {
+        let w = mix(seed ^ (first + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+fn hash_step(h: u64, buf: &[u8]) -> u64 {
+    buf.chunks_exact(8).fold(h, |h, c| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        (h ^ u64::from_le_bytes(a)).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(23)
+    })
+}
+
+/// How an item is preserved and restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Folio,
+    Pages,
+}
+
+/// One preserved object: a folio, or a run of pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Item {
+    phys: u64,
+    pages: u64,
+    /// Folio order (folios only).
+    order: u32,
+    /// Preserved as a folio (else as pages).
+    folio: bool,
+    seed: u64,
+    hash: u64,
+}
+
+const ITEM_BYTES: usize = 40;
+
+/// One subsystem.
+#[derive(Debug, Clone)]
+struct Subsystem {
+    name: &'static str,
+    kind: Kind,
+    items: Vec<Item>,
+    /// Pages released just before the last kexec (must read as poison after it).
+    released: Vec<u64>,
+}
+
+/// Counters for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadReport {
+    /// Items restored as folios.
+    pub folios_restored: u64,
+    /// Items restored as pages.
+    pub page_runs_restored: u64,
+    /// Folios whose order is above this kernel's maximum, restored as pages instead.
+    pub oversized_as_pages: u64,
+    /// Bytes checked against their hashes.
+    pub verified_bytes: u64,
+    /// Pages released before the kexec and checked to hold poison.
+    pub released_pages_checked: u64,
+    /// Items preserved.
+    pub items_preserved: u64,
+    /// Bytes preserved by the workload (blobs excluded).
+    pub workload_bytes: u64,
+    /// Items replaced by the churn.
+    pub items_replaced: u64,
+    /// Everything that went wrong, each naming the page.
+    pub problems: Vec<String>,
+}
+
+/// The workload of one kernel.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    subs: Vec<Subsystem>,
+    rng: Rng,
+}
+
+fn sub_names() -> [(&'static str, Kind); 3] {
+    [("guest", Kind::Folio), ("page-cache", Kind::Folio), ("table", Kind::Pages)]
+}
+
+impl Workload {
+    /// A workload with nothing allocated yet.
+    #[must_use]
+    pub fn empty(seed: u64) -> Self {
+        let subs = sub_names().into_iter().map(|(name, kind)| Subsystem {
+            name,
+            kind,
+            items: Vec::new(),
+            released: Vec::new(),
+        });
+        Self { subs: subs.collect(), rng: Rng::new(seed) }
+    }
+
+    /// Allocates and fills the initial workload.
+    ///
+    /// # Errors
+    /// Out of memory, or a memory error.
+    pub fn create(
+        &mut self,
+        m: &Machine,
+        cfg: &WorkloadConfig,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), SimError> {
+        let total = cfg.guest + cfg.page_cache + cfg.table;
+        let mut done = 0u64;
+        let guest_order = GUEST_ORDER.min(m.max_order());
+        let targets = [(0usize, cfg.guest), (1, cfg.page_cache), (2, cfg.table)];
+        for (i, bytes) in targets {
+            let mut have = 0u64;
+            while have < bytes {
+                let item = match i {
+                    0 => self.new_folio(m, guest_order)?,
+                    1 => self.new_folio(m, 0)?,
+                    _ => self.new_piece(m)?,
+                };
+                have += item.pages * PAGE_SIZE;
+                done += item.pages * PAGE_SIZE;
+                self.subs[i].items.push(item);
+                progress(done.min(total), total);
+            }
+        }
+        Ok(())
+    }
+
+    fn new_folio(&mut self, m: &Machine, order: u32) -> Result<Item, SimError> {
+        let pfn = m.alloc(order)?;
+        let seed = self.rng.next_u64();
+        let mut item = Item { phys: pfn.phys().as_u64(), pages: 1 << order, order, folio: true, seed, hash: 0 };
+        item.hash = fill(m, &item)?;
+        Ok(item)
+    }
+
+    fn new_piece(&mut self, m: &Machine) -> Result<Item, SimError> {
+        let pages = 1 + self.rng.below(8);
+        let pfn = m.alloc_contig(pages)?;
+        let seed = self.rng.next_u64();
+        let mut item = Item { phys: pfn.phys().as_u64(), pages, order: 0, folio: false, seed, hash: 0 };
+        item.hash = fill(m, &item)?;
+        Ok(item)
+    }
+
+    /// Replaces `churn_percent` of each subsystem's items: new items are allocated, filled
+    /// and preserved first; then old ones are unpreserved and freed (their pages are listed
+    /// in the blob as released, so the next kernel can check they were poisoned).
+    ///
+    /// # Errors
+    /// Engine or allocation errors.
+    pub fn churn(&mut self, m: &Machine, kho: &Kho<&Machine>, percent: u32) -> Result<u64, SimError> {
+        let mut replaced = 0;
+        let guest_order = GUEST_ORDER.min(m.max_order());
+        for i in 0..self.subs.len() {
+            let n = (self.subs[i].items.len() as u64 * u64::from(percent)).div_ceil(100);
+            let mut fresh = Vec::new();
+            for _ in 0..n {
+                let item = match (i, self.subs[i].kind) {
+                    (0, _) => self.new_folio(m, guest_order)?,
+                    (_, Kind::Folio) => self.new_folio(m, 0)?,
+                    (_, Kind::Pages) => self.new_piece(m)?,
+                };
+                preserve_item(kho, &item)?;
+                fresh.push(item);
+            }
+            let mut released = Vec::new();
+            for _ in 0..n {
+                if self.subs[i].items.is_empty() {
+                    break;
+                }
+                let idx = self.rng.below(self.subs[i].items.len() as u64) as usize;
+                let old = self.subs[i].items.swap_remove(idx);
+                let pfn = pfn_of(old.phys)?;
+                if old.folio {
+                    kho.unpreserve_folio(pfn, order(old.order)?)
+                } else {
+                    kho.unpreserve_pages(pfn, old.pages)
+                }
+                .map_err(SimError::kho(format!("{}: unpreserve {:#x}", self.subs[i].name, old.phys)))?;
+                m.free_pages(pfn, old.pages);
+                released.extend((0..old.pages).map(|p| old.phys + p * PAGE_SIZE));
+                replaced += 1;
+            }
+            self.subs[i].items.extend(fresh);
+            self.subs[i].released = released;
+        }
+        Ok(replaced)
+    }
+
+    /// Preserves every item. With `forget`, the first page-cache folio is then unpreserved
+    /// again but kept in the blob: a subsystem bug the next kernel must detect.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn preserve(&mut self, m: &Machine, kho: &Kho<&Machine>, forget: bool) -> Result<u64, SimError> {
+        let mut n = 0;
+        for s in &mut self.subs {
+            for it in &mut s.items {
+                // A folio above this kernel's maximum order (restored as pages after a kexec
+                // into a kernel with a smaller maximum) is preserved as pages from now on.
+                if it.folio && it.order > m.max_order() {
+                    it.folio = false;
+                }
+                preserve_item(kho, it)?;
+                n += 1;
+            }
+        }
+        if forget && let Some(it) = self.subs[1].items.first() {
+            kho.unpreserve_folio(pfn_of(it.phys)?, order(it.order)?)
+                .map_err(SimError::kho("forget-preserve: unpreserve"))?;
+        }
+        Ok(n)
+    }
+
+    /// Bytes of workload memory.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.subs.iter().flat_map(|s| &s.items).map(|i| i.pages * PAGE_SIZE).sum()
+    }
+
+    /// Writes each subsystem's blob into pages it allocates and registers it.
+    ///
+    /// # Errors
+    /// Engine, allocation or memory errors.
+    pub fn publish(&self, m: &Machine, kho: &Kho<&Machine>, generation: u64) -> Result<u64, SimError> {
+        let mut blob_bytes = 0;
+        for s in &self.subs {
+            let dtb = blob(s, &s.released, generation)?;
+            let pages = (dtb.len() as u64).div_ceil(PAGE_SIZE);
+            let pfn = m.alloc_contig(pages)?;
+            // The blob may have landed on released pages: those are no longer released.
+            let (lo, hi) = (pfn.phys().as_u64(), pfn.phys().as_u64() + pages * PAGE_SIZE);
+            let released: Vec<u64> =
+                s.released.iter().copied().filter(|&p| !(lo..hi).contains(&p) && m.is_free(p)).collect();
+            let dtb = blob(s, &released, generation)?;
+            m.write_phys(pfn.phys(), &dtb)?;
+            kho.add_subtree(&format!("sim-{}", s.name), pfn.phys(), dtb.len() as u64)
+                .map_err(SimError::kho(format!("add_subtree sim-{}", s.name)))?;
+            blob_bytes += dtb.len() as u64;
+        }
+        Ok(blob_bytes)
+    }
+
+    /// Finds each blob in the handover, restores every item and checks released pages hold
+    /// poison, except pages the previous kernel reused after the release for the handover
+    /// itself (its metadata, its root FDT, the scratch array: listed in `handover_pages`, and
+    /// every preserved range). Data is not checked here (see [`Workload::verify`]).
+    pub fn restore(
+        m: &Machine,
+        h: &mut Handover,
+        policy: OversizedPolicy,
+        seed: u64,
+        handover_pages: &[PhysRange],
+    ) -> (Self, WorkloadReport) {
+        let mut exempt: Vec<PhysRange> = h.reserved_ranges().to_vec();
+        exempt.extend(h.metadata_pages().iter().filter_map(|&p| PhysRange::new(p, PAGE_SIZE)));
+        exempt.extend_from_slice(handover_pages);
+        let mut w = Self::empty(seed);
+        let mut rep = WorkloadReport::default();
+        for s in &mut w.subs {
+            let name = format!("sim-{}", s.name);
+            let Some(sub) = h.subtree(&name).cloned() else {
+                rep.problems.push(format!("{name}: blob missing from the handover: all its memory is lost"));
+                continue;
+            };
+            let size = sub.size.unwrap_or(PAGE_SIZE);
+            let pages = size.div_ceil(PAGE_SIZE);
+            if let Err(e) = h.restore_pages(&mut m.memmap(), sub.phys, pages) {
+                rep.problems.push(format!("{name}: cannot restore its blob at {}: {e}", sub.phys));
+                continue;
+            }
+            let parsed = read_blob(m, sub.phys, size, &name);
+            if let Some(pfn) = sub.phys.pfn() {
+                m.free_pages(pfn, pages);
+            }
+            let (items, released, seed_next) = match parsed {
+                Ok(v) => v,
+                Err(e) => {
+                    rep.problems.push(e);
+                    continue;
+                }
+            };
+            w.rng = Rng::new(w.rng.0 ^ seed_next);
+            for it in items {
+                let res = match it.folio {
+                    true => match h.restore_folio(&mut m.memmap(), PhysAddr::new(it.phys)) {
+                        Err(KhoError::OrderTooLarge { .. }) if policy == OversizedPolicy::Reserve => {
+                            rep.oversized_as_pages += 1;
+                            h.restore_pages(&mut m.memmap(), PhysAddr::new(it.phys), it.pages).map(|_| ())
+                        }
+                        Err(e) => Err(e),
+                        Ok(_) => {
+                            rep.folios_restored += 1;
+                            Ok(())
+                        }
+                    },
+                    false => {
+                        let r = h.restore_pages(&mut m.memmap(), PhysAddr::new(it.phys), it.pages).map(|_| ());
+                        if r.is_ok() {
+                            rep.page_runs_restored += 1;
+                        }
+                        r
+                    }
+                };
+                match res {
+                    Ok(()) => s.items.push(it),
+                    Err(e) => {
+                        let poisoned = is_poisoned(m, PhysAddr::new(it.phys)).unwrap_or(false);
+                        rep.problems.push(format!(
+                            "{name}: item at {:#x} ({} pages) cannot be restored: {e}{}",
+                            it.phys,
+                            it.pages,
+                            if poisoned { "; page holds poison: it was not preserved, its data is lost" } else { "" }
+                        ));
+                    }
+                }
+            }
+            for p in released {
+                if exempt.iter().any(|r| r.contains(PhysAddr::new(p))) {
+                    continue;
+                }
+                rep.released_pages_checked += 1;
+                match is_poisoned(m, PhysAddr::new(p)) {
+                    Ok(true) => {}
+                    Ok(false) => rep.problems.push(format!(
+                        "{name}: released page {p:#x} does not hold poison: unpreserved memory survived the kexec"
+                    )),
+                    Err(e) => rep.problems.push(format!("{name}: released page {p:#x}: {e}")),
+                }
+            }
+        }
+        (w, rep)
+    }
+
+    /// Checks every byte of every item against its hash.
+    pub fn verify(&self, m: &Machine, rep: &mut WorkloadReport, progress: &mut dyn FnMut(u64, u64)) {
+        let total = self.bytes();
+        let mut done = 0;
+        for s in &self.subs {
+            for it in &s.items {
+                match hash_item(m, it) {
+                    Ok(h) if h == it.hash => rep.verified_bytes += it.pages * PAGE_SIZE,
+                    Ok(_) => rep.problems.push(locate(m, s.name, it)),
+                    Err(e) => rep.problems.push(format!("sim-{}: item at {:#x}: {e}", s.name, it.phys)),
+                }
+                done += it.pages * PAGE_SIZE;
+                progress(done, total);
+            }
+        }
+    }
+}
+
+fn pfn_of(phys: u64) -> Result<Pfn, SimError> {
+    PhysAddr::new(phys).pfn().ok_or_else(|| SimError::Config(format!("{phys:#x} is not a page address")))
+}
+
+fn order(o: u32) -> Result<Order, SimError> {
+    Order::new(o).ok_or_else(|| SimError::Config(format!("order {o} is out of range")))
+}
+
+fn preserve_item(kho: &Kho<&Machine>, it: &Item) -> Result<(), SimError> {
+    let pfn = pfn_of(it.phys)?;
+    if it.folio { kho.preserve_folio(pfn, order(it.order)?) } else { kho.preserve_pages(pfn, it.pages) }
+        .map_err(SimError::kho(format!("preserve {:#x} ({} pages)", it.phys, it.pages)))
+}
+
+fn fill(m: &Machine, it: &Item) -> Result<u64, SimError> {
+    let mut buf = vec![0u8; CHUNK.min((it.pages * PAGE_SIZE) as usize)];
+    let mut h = it.seed;
+    let mut off = 0u64;
+    let len = it.pages * PAGE_SIZE;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        generate(it.seed, off / 8, &mut buf[..n]);
+        m.write_phys(PhysAddr::new(it.phys + off), &buf[..n])?;
+        h = hash_step(h, &buf[..n]);
+        off += n as u64;
+    }
+    Ok(h)
+}
+
+fn hash_item(m: &Machine, it: &Item) -> Result<u64, SimError> {
+    let mut buf = vec![0u8; CHUNK.min((it.pages * PAGE_SIZE) as usize)];
+    let mut h = it.seed;
+    let mut off = 0u64;
+    let len = it.pages * PAGE_SIZE;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        m.read_phys(PhysAddr::new(it.phys + off), &mut buf[..n])?;
+        h = hash_step(h, &buf[..n]);
+        off += n as u64;
+    }
+    Ok(h)
+}
+
+/// Names the first wrong page of an item whose hash does not match.
+fn locate(m: &Machine, name: &str, it: &Item) -> String {
+    let mut want = vec![0u8; PAGE_SIZE as usize];
+    let mut got = vec![0u8; PAGE_SIZE as usize];
+    let mut bad_pages = 0u64;
+    let mut first: Option<(u64, usize, bool)> = None;
+    for p in 0..it.pages {
+        let phys = it.phys + p * PAGE_SIZE;
+        generate(it.seed, p * PAGE_SIZE / 8, &mut want);
+        if m.read_phys(PhysAddr::new(phys), &mut got).is_err() {
+            continue;
+        }
+        if let Some(i) = want.iter().zip(&got).position(|(a, b)| a != b) {
+            bad_pages += 1;
+            if first.is_none() {
+                first = Some((phys, i, got.iter().all(|&b| b == POISON_BYTE)));
+            }
+        }
+    }
+    match first {
+        Some((phys, _, true)) => format!(
+            "sim-{name}: page {phys:#x} of the item at {:#x} holds poison: it was not preserved ({bad_pages} of {} pages lost)",
+            it.phys, it.pages
+        ),
+        Some((phys, i, false)) => format!(
+            "sim-{name}: page {phys:#x} of the item at {:#x} is corrupted from byte {i} ({bad_pages} of {} pages differ)",
+            it.phys, it.pages
+        ),
+        None => format!("sim-{name}: item at {:#x}: hash mismatch but every page matches its data", it.phys),
+    }
+}
+
+fn blob(s: &Subsystem, released: &[u64], generation: u64) -> Result<Vec<u8>, SimError> {
+    let mut items = Vec::with_capacity(s.items.len() * ITEM_BYTES);
+    for it in &s.items {
+        let shape = u64::from(it.order) | (u64::from(!it.folio) << 32);
+        for v in [it.phys, it.pages, shape, it.seed, it.hash] {
+            items.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let rel: Vec<u8> = released.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let root = FdtNode::new("")
+        .prop_str("compatible", &format!("kho-sim,{}-v1", s.name))
+        .prop_le64("generation", generation)
+        .prop("items", &items)
+        .prop("released", &rel);
+    FdtTree { root }.to_dtb().map_err(SimError::kho(format!("sim-{}: build blob", s.name)))
+}
+
+type Parsed = (Vec<Item>, Vec<u64>, u64);
+
+fn read_blob(m: &Machine, phys: PhysAddr, size: u64, name: &str) -> Result<Parsed, String> {
+    let mut buf = vec![0u8; usize::try_from(size).map_err(|_| format!("{name}: blob size {size} is too large"))?];
+    m.read_phys(phys, &mut buf).map_err(|e| format!("{name}: blob unreadable: {e}"))?;
+    let t = FdtTree::parse(&buf, Field::Blob, phys).map_err(|e| format!("{name}: {e}"))?;
+    let want = format!("kho-sim,{}-v1", name.trim_start_matches("sim-"));
+    if !t.root.is_compatible(&want) {
+        return Err(format!("{name}: blob at {phys} is not {want:?}"));
+    }
+    let generation = t.root.le64(phys, "/", "generation").map_err(|e| format!("{name}: {e}"))?;
+    let raw = t.root.get("items").ok_or_else(|| format!("{name}: blob has no items"))?;
+    if raw.len() % ITEM_BYTES != 0 {
+        return Err(format!("{name}: items property of {} bytes is not a multiple of {ITEM_BYTES}", raw.len()));
+    }
+    let word = |c: &[u8], i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&c[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(a)
+    };
+    let items = raw
+        .chunks_exact(ITEM_BYTES)
+        .map(|c| Item {
+            phys: word(c, 0),
+            pages: word(c, 1).max(1),
+            order: (word(c, 2) & 0xffff_ffff) as u32,
+            folio: word(c, 2) >> 32 == 0,
+            seed: word(c, 3),
+            hash: word(c, 4),
+        })
+        .collect();
+    let released = t.root.get("released").unwrap_or(&[]).chunks_exact(8).map(|c| word(c, 0)).collect();
+    Ok((items, released, generation))
+}
