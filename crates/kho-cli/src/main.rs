@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 mod convert;
 mod demo;
 mod inspect;
+mod memsrc;
+mod report;
 
 /// Kexec HandOver (KHO): keep memory intact across kexec, and check that it will be.
 #[derive(Debug, Parser)]

@@ -1,0 +1,486 @@
+//! Memory sources: where `kho inspect`, `kho validate` and `kho convert` read physical memory
+//! from.
+//!
+//! Every source is turned into one [`MemSource`]: a sorted list of disjoint physical segments,
+//! each backed by a file read with `pread` (an ELF core's `PT_LOAD` data, `/dev/mem`, a raw
+//! image) or by a sparse page map (a decompressed `.zst` image). Reads that touch any byte no
+//! segment covers fail with [`MemError`]; nothing here panics on hostile input.
+//!
+//! Files are read with `pread` rather than memory-mapped: the tool reads a few pages of
+//! metadata, so a mapping buys nothing, and `pread` needs no `unsafe` and cannot fault with
+//! `SIGBUS` when somebody truncates the dump while it is being read. `/proc/kcore` cannot be
+//! mapped at all.
+
+pub mod devmem;
+pub mod elf;
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kho_core::{MemError, PAGE_SIZE, PhysAddr, PhysRange, PhysRead};
+
+/// Why a memory source could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum MemSrcError {
+    /// A `--mem` argument or a number in it is malformed.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A file could not be opened or read (the OS error is the source, which `{:#}` in the
+    /// binary's error report prints after the path).
+    #[error("cannot read {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not an ELF64 little-endian core, or its headers are malformed.
+    #[error("{}: not a usable ELF core file: {reason}", path.display())]
+    BadElf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A zstd stream is corrupt.
+    #[error("{}: cannot decompress zstd image: {reason}", path.display())]
+    Zstd {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// An image has no bytes, or an ELF core has no usable segment.
+    #[error("{what}: covers no memory")]
+    Empty {
+        /// The source.
+        what: String,
+    },
+    /// An image does not fit in the 64-bit physical address space at its base.
+    #[error("{what}: {len:#x} bytes at {base:#x} run past the end of the physical address space")]
+    Wraps {
+        /// The source.
+        what: String,
+        /// Its base.
+        base: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Two sources (or two segments of one ELF core) claim the same physical bytes.
+    #[error("{first} and {second} both cover {overlap}")]
+    Overlap {
+        /// The source added first.
+        first: String,
+        /// The source added second.
+        second: String,
+        /// The bytes both claim.
+        overlap: PhysRange,
+    },
+    /// `/proc/iomem` could not tell where RAM is.
+    #[error("/dev/mem: cannot find RAM: {reason}")]
+    NoRam {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A malformed `FILE@BASE` argument or number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// No `@` separates the file from its base address.
+    #[error("--mem {arg:?}: expected FILE@BASE (e.g. mem.img@0x100000000), found no '@'")]
+    MissingAt {
+        /// The whole argument.
+        arg: String,
+    },
+    /// The file part is empty.
+    #[error("--mem {arg:?}: the file name before '@' is empty")]
+    EmptyPath {
+        /// The whole argument.
+        arg: String,
+    },
+    /// A number is not hex (`0x…`) or decimal, or does not fit in 64 bits.
+    #[error("{what} {text:?}: not a number (use hex with 0x, or decimal; K/M/G/T suffixes allowed)")]
+    BadNumber {
+        /// What the number is (argument name).
+        what: String,
+        /// The text.
+        text: String,
+    },
+}
+
+/// Parses an address or size: `0x`-prefixed hex or decimal, `_` separators allowed, with an
+/// optional binary suffix `K`, `M`, `G` or `T` (as Linux `memparse`). `what` names the value in
+/// the error.
+///
+/// # Errors
+/// [`SpecError::BadNumber`] for anything else, including overflow.
+pub fn parse_number(text: &str, what: &str) -> Result<u64, SpecError> {
+    let bad = || SpecError::BadNumber { what: what.to_string(), text: text.to_string() };
+    let t: String = text.trim().chars().filter(|&c| c != '_').collect();
+    let (digits, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 40),
+        _ => (t.as_str(), 0),
+    };
+    let value = if let Some(hex) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).map_err(|_| bad())?
+    } else {
+        digits.parse::<u64>().map_err(|_| bad())?
+    };
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    value.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// One `--mem FILE@BASE` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemSpec {
+    /// The image file (a `.zst` suffix means zstd-compressed).
+    pub path: PathBuf,
+    /// Physical address of the image's first byte.
+    pub base: u64,
+}
+
+impl std::str::FromStr for MemSpec {
+    type Err = SpecError;
+    fn from_str(arg: &str) -> Result<Self, SpecError> {
+        // The last '@' separates: file names may contain '@', numbers never do.
+        let (path, base) = arg.rsplit_once('@').ok_or_else(|| SpecError::MissingAt { arg: arg.to_string() })?;
+        if path.is_empty() {
+            return Err(SpecError::EmptyPath { arg: arg.to_string() });
+        }
+        let base = parse_number(base, &format!("--mem {arg:?}: base address"))?;
+        Ok(Self { path: PathBuf::from(path), base })
+    }
+}
+
+/// Pages of a sparse image: page index (relative to the segment) to contents. Missing pages
+/// read as zero.
+pub type SparsePages = BTreeMap<u64, Box<[u8]>>;
+
+/// What holds a segment's bytes.
+#[derive(Clone)]
+enum Backing {
+    /// `pread` from a file at `offset + (addr - segment start)`.
+    File { file: Arc<File>, offset: u64 },
+    /// Whole pages; absent pages are zero.
+    Pages(Arc<SparsePages>),
+}
+
+impl fmt::Debug for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backing::File { offset, .. } => write!(f, "File {{ offset: {offset:#x} }}"),
+            Backing::Pages(p) => write!(f, "Pages({} non-zero)", p.len()),
+        }
+    }
+}
+
+/// One stretch of physical memory with its backing.
+#[derive(Debug, Clone)]
+struct Segment {
+    /// Physical bytes covered (an ELF segment's `p_memsz`).
+    range: PhysRange,
+    /// Bytes that come from the backing (`p_filesz`); the rest reads as zero.
+    data_len: u64,
+    backing: Backing,
+    /// Which source, for messages.
+    origin: Arc<str>,
+}
+
+impl Segment {
+    /// Fills `buf` from offset `off` of the segment (caller keeps it inside `range`).
+    fn read(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let len = buf.len() as u64;
+        let from_data = self.data_len.saturating_sub(off).min(len) as usize;
+        let (data, zeros) = buf.split_at_mut(from_data);
+        zeros.fill(0);
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &self.backing {
+            Backing::File { file, offset } => {
+                let pos = offset
+                    .checked_add(off)
+                    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset overflows"))?;
+                file.read_exact_at(data, pos)
+            }
+            Backing::Pages(pages) => {
+                let mut done = 0usize;
+                let mut at = off;
+                while done < data.len() {
+                    let in_page = (at % PAGE_SIZE) as usize;
+                    let n = (PAGE_SIZE as usize - in_page).min(data.len() - done);
+                    match pages.get(&(at / PAGE_SIZE)) {
+                        Some(p) if p.len() >= in_page + n => {
+                            data[done..done + n].copy_from_slice(&p[in_page..in_page + n]);
+                        }
+                        _ => data[done..done + n].fill(0),
+                    }
+                    done += n;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Physical memory assembled from one or more sources.
+#[derive(Debug, Clone, Default)]
+pub struct MemSource {
+    /// Sorted by start, pairwise disjoint.
+    segments: Vec<Segment>,
+    /// RAM as the source knows it (e.g. `/proc/iomem`), if it knows better than its segments.
+    ram_override: Option<Vec<PhysRange>>,
+    /// One line per source, for reports.
+    descriptions: Vec<String>,
+    /// Things worth telling the operator (skipped segments and the like).
+    notes: Vec<String>,
+}
+
+impl MemSource {
+    /// No memory at all.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a segment, refusing overlap with any segment already present.
+    fn add_segment(&mut self, seg: Segment) -> Result<(), MemSrcError> {
+        let i = self.segments.partition_point(|s| s.range.end() <= seg.range.start());
+        if let Some(next) = self.segments.get(i)
+            && next.range.overlaps(seg.range)
+        {
+            let start = next.range.start().max(seg.range.start());
+            let end = next.range.end().min(seg.range.end());
+            return Err(MemSrcError::Overlap {
+                first: next.origin.to_string(),
+                second: seg.origin.to_string(),
+                overlap: PhysRange::from_bounds(start, end).unwrap_or(seg.range),
+            });
+        }
+        self.segments.insert(i, seg);
+        Ok(())
+    }
+
+    /// True if some segment overlaps `range`.
+    fn overlaps_any(&self, range: PhysRange) -> bool {
+        let i = self.segments.partition_point(|s| s.range.end() <= range.start());
+        self.segments.get(i).is_some_and(|s| s.range.overlaps(range))
+    }
+
+    /// Adds every segment of `other` (and its RAM knowledge, descriptions and notes).
+    ///
+    /// # Errors
+    /// [`MemSrcError::Overlap`] if `other` covers bytes already covered.
+    pub fn merge(&mut self, other: MemSource) -> Result<(), MemSrcError> {
+        for s in other.segments {
+            self.add_segment(s)?;
+        }
+        if let Some(r) = other.ram_override {
+            let mut all = self.ram_override.take().unwrap_or_default();
+            all.extend(r);
+            self.ram_override = Some(coalesce(all));
+        }
+        self.descriptions.extend(other.descriptions);
+        self.notes.extend(other.notes);
+        Ok(())
+    }
+
+    /// RAM this source covers, sorted and coalesced: what the range checks accept.
+    #[must_use]
+    pub fn ram(&self) -> Vec<PhysRange> {
+        match &self.ram_override {
+            Some(r) => r.clone(),
+            None => coalesce(self.segments.iter().map(|s| s.range).collect()),
+        }
+    }
+
+    /// One line per source that was opened.
+    #[must_use]
+    pub fn descriptions(&self) -> &[String] {
+        &self.descriptions
+    }
+
+    /// Remarks about the sources (segments skipped, assumptions made).
+    #[must_use]
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Number of backed segments.
+    #[must_use]
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Memory backed by a sparse page map, for building images in memory (tests, `convert`).
+    /// `pages` maps page index relative to `base` to page contents.
+    ///
+    /// # Errors
+    /// [`MemSrcError::Empty`] for a zero length, [`MemSrcError::Wraps`] past 2^64.
+    pub fn from_pages(what: &str, base: u64, len: u64, pages: SparsePages) -> Result<Self, MemSrcError> {
+        let mut m = Self::new();
+        let range = segment_range(what, base, len)?;
+        m.add_segment(Segment {
+            range,
+            data_len: len,
+            backing: Backing::Pages(Arc::new(pages)),
+            origin: Arc::from(what),
+        })?;
+        m.descriptions.push(format!("{what}: {range}"));
+        Ok(m)
+    }
+}
+
+/// The range `[base, base + len)`, or the matching error.
+fn segment_range(what: &str, base: u64, len: u64) -> Result<PhysRange, MemSrcError> {
+    if len == 0 {
+        return Err(MemSrcError::Empty { what: what.to_string() });
+    }
+    PhysRange::new(PhysAddr::new(base), len).ok_or(MemSrcError::Wraps { what: what.to_string(), base, len })
+}
+
+/// Sorts ranges and merges those that overlap or touch.
+#[must_use]
+pub fn coalesce(mut ranges: Vec<PhysRange>) -> Vec<PhysRange> {
+    ranges.sort_unstable();
+    let mut out: Vec<PhysRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.end() >= r.start() => {
+                if r.end() > last.end() {
+                    *last = PhysRange::from_bounds(last.start(), r.end()).unwrap_or(*last);
+                }
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+impl PhysRead for MemSource {
+    /// Reads across adjacent segments as one stretch; any byte in a hole between segments (or
+    /// outside all of them), or an I/O error from the backing file, fails the whole read.
+    fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
+        let err = MemError { phys, len: buf.len() as u64 };
+        if buf.is_empty() {
+            return Ok(());
+        }
+        // The last byte must be addressable; this also rules out reads that wrap.
+        phys.checked_add(buf.len() as u64 - 1).ok_or(err)?;
+        let mut cur = phys.as_u64();
+        let mut done = 0usize;
+        let mut i = self.segments.partition_point(|s| s.range.end().as_u64() <= cur);
+        while done < buf.len() {
+            let seg = self.segments.get(i).ok_or(err)?;
+            if !seg.range.contains(PhysAddr::new(cur)) {
+                return Err(err);
+            }
+            let off = cur - seg.range.start().as_u64();
+            let avail = seg.range.end().as_u64() - cur;
+            let n = usize::try_from(avail).unwrap_or(usize::MAX).min(buf.len() - done);
+            seg.read(off, &mut buf[done..done + n]).map_err(|_| err)?;
+            done += n;
+            cur += n as u64;
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(fill: u8) -> Box<[u8]> {
+        vec![fill; PAGE_SIZE as usize].into_boxed_slice()
+    }
+
+    #[test]
+    fn numbers_in_hex_decimal_and_suffixes() {
+        assert_eq!(parse_number("0x100000000", "x"), Ok(0x1_0000_0000));
+        assert_eq!(parse_number("4096", "x"), Ok(4096));
+        assert_eq!(parse_number("0x1_0000", "x"), Ok(0x1_0000));
+        assert_eq!(parse_number("2G", "x"), Ok(2 << 30));
+        assert_eq!(parse_number("16k", "x"), Ok(16 << 10));
+        for bad in ["", "0x", "12z", "-1", "0xg", "99999999999999999999", "0xffffffffffffffffT", "M"] {
+            assert!(
+                matches!(parse_number(bad, "the base"), Err(SpecError::BadNumber { ref text, .. }) if text == bad),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mem_spec_parse_and_errors() {
+        let s: MemSpec = "dir/mem.img@0x100000000".parse().unwrap();
+        assert_eq!(s, MemSpec { path: "dir/mem.img".into(), base: 0x1_0000_0000 });
+        let s: MemSpec = "a@b.img@0".parse().unwrap();
+        assert_eq!(s.path, PathBuf::from("a@b.img"));
+        assert_eq!("mem.img".parse::<MemSpec>(), Err(SpecError::MissingAt { arg: "mem.img".into() }));
+        assert_eq!("@0x1000".parse::<MemSpec>(), Err(SpecError::EmptyPath { arg: "@0x1000".into() }));
+        let e = "mem.img@0xzz".parse::<MemSpec>().unwrap_err();
+        assert!(matches!(&e, SpecError::BadNumber { text, .. } if text == "0xzz"));
+        assert!(e.to_string().contains("mem.img@0xzz"), "{e}");
+    }
+
+    #[test]
+    fn sparse_reads_cross_adjacent_segments_and_fail_in_holes() {
+        let mut a = SparsePages::new();
+        a.insert(1, page(0xaa));
+        let mut m = MemSource::from_pages("a", 0x1_0000, 0x2000, a).unwrap();
+        let mut b = SparsePages::new();
+        b.insert(0, page(0xbb));
+        m.merge(MemSource::from_pages("b", 0x1_2000, 0x1000, b).unwrap()).unwrap();
+        let c = MemSource::from_pages("c", 0x2_0000, 0x1000, SparsePages::new()).unwrap();
+        m.merge(c).unwrap();
+
+        let mut buf = [0u8; 8];
+        m.read_phys(PhysAddr::new(0x1_1ffc), &mut buf).unwrap();
+        assert_eq!(buf, [0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb]);
+        m.read_phys(PhysAddr::new(0x1_0000), &mut buf).unwrap();
+        assert_eq!(buf, [0; 8]);
+        // Into the hole after b, from before it, and in no segment at all.
+        let e = m.read_phys(PhysAddr::new(0x1_2ffc), &mut buf).unwrap_err();
+        assert_eq!(e, MemError { phys: PhysAddr::new(0x1_2ffc), len: 8 });
+        assert!(m.read_phys(PhysAddr::new(0xfffc), &mut buf).is_err());
+        assert!(m.read_phys(PhysAddr::new(0x3_0000), &mut buf).is_err());
+        assert!(m.read_phys(PhysAddr::new(u64::MAX - 3), &mut buf).is_err());
+        assert_eq!(
+            m.ram(),
+            vec![
+                PhysRange::new(PhysAddr::new(0x1_0000), 0x3000).unwrap(),
+                PhysRange::new(PhysAddr::new(0x2_0000), 0x1000).unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn overlapping_sources_are_refused() {
+        let mut m = MemSource::from_pages("first.img", 0x1000, 0x2000, SparsePages::new()).unwrap();
+        let e = m.merge(MemSource::from_pages("second.img", 0x2000, 0x2000, SparsePages::new()).unwrap()).unwrap_err();
+        match e {
+            MemSrcError::Overlap { first, second, overlap } => {
+                assert_eq!((first.as_str(), second.as_str()), ("first.img", "second.img"));
+                assert_eq!(overlap, PhysRange::new(PhysAddr::new(0x2000), 0x1000).unwrap());
+            }
+            other => panic!("{other}"),
+        }
+        assert!(matches!(MemSource::from_pages("z", 0, 0, SparsePages::new()), Err(MemSrcError::Empty { .. })));
+        assert!(matches!(
+            MemSource::from_pages("w", u64::MAX - 10, 0x1000, SparsePages::new()),
+            Err(MemSrcError::Wraps { .. })
+        ));
+    }
+}
