@@ -121,6 +121,18 @@ pub struct DemoArgs {
     /// The next kernel's binary (default: this executable).
     #[arg(long = "next-kernel")]
     next_kernel: Option<PathBuf>,
+    /// Keep RAM in this file instead of an anonymous memfd, so it outlives a crashed kernel
+    /// (needed for --crash-after and --resume).
+    #[arg(long = "ram-file", value_name = "PATH")]
+    ram_file: Option<PathBuf>,
+    /// Testing: the first kernel kills itself (SIGKILL) after finalize (before the boot block
+    /// is written) or after writing the boot block (before exec).
+    #[arg(long = "crash-after", value_parser = ["finalize", "boot-block"], requires = "ram_file")]
+    crash_after: Option<String>,
+    /// Boot the RAM in --ram-file as the next kernel would after a crash: a complete handover
+    /// is accepted and restored; anything less is refused as a whole and the kernel boots cold.
+    #[arg(long, requires = "ram_file", conflicts_with = "crash_after")]
+    resume: bool,
 }
 
 /// Arguments of the hidden `kho kernel` entry point.
@@ -204,12 +216,20 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         next_kernel: a.next_kernel,
         json: a.json,
         early_pages: 64,
+        crash_after: a.crash_after,
     };
     if !cfg.ram.is_multiple_of(4096) || cfg.ram <= RAM_BASE {
         bail!("--ram must be a multiple of 4 KiB above 1 MiB");
     }
     cfg.check().context("invalid demo configuration")?;
-    let ram = Ram::create(cfg.ram).context("cannot create the machine's RAM")?;
+    if a.resume {
+        let path = a.ram_file.as_deref().context("--resume needs --ram-file")?;
+        return resume(path, cfg);
+    }
+    let ram = match &a.ram_file {
+        Some(path) => Ram::create_at(path, cfg.ram).context("cannot create the machine's RAM file")?,
+        None => Ram::create(cfg.ram).context("cannot create the machine's RAM")?,
+    };
     if !cfg.json {
         let w = cfg.workload;
         println!(
@@ -233,10 +253,41 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     after_kernel(out, &cfg)
 }
 
+/// `kho demo --resume`: boot a RAM file left by a kernel that died during kexec. The boot
+/// block is the commit point: present and intact, the handover is complete and is restored;
+/// absent or torn, nothing of it is trusted and the kernel boots cold with `cfg`.
+fn resume(path: &std::path::Path, mut cfg: SimConfig) -> anyhow::Result<ExitCode> {
+    let ram = Ram::open(path).context("cannot open the RAM file to resume")?;
+    let mut ui = Ui::new(cfg.json);
+    match BootBlock::read(&ram) {
+        Ok(bb) => {
+            BootBlock::consume(&ram).context("cannot consume the boot block")?;
+            let mut next: SimConfig =
+                serde_json::from_str(&bb.config).context("bad configuration in the boot block")?;
+            next.results = cfg.results;
+            next.json = cfg.json;
+            eprintln!(
+                "kho demo --resume: complete handover found in {} (kernel {}); restoring it",
+                path.display(),
+                bb.generation
+            );
+            let out = run_kernel(ram, Some(&bb), &next, &mut ui);
+            after_kernel(out, &next)
+        }
+        Err(e) => {
+            eprintln!("kho demo --resume: no complete handover in {}: {e}; booting cold", path.display());
+            cfg.crash_after = None;
+            let out = run_kernel(ram, None, &cfg, &mut ui);
+            after_kernel(out, &cfg)
+        }
+    }
+}
+
 /// `kho kernel`: the next kernel, started by exec with the RAM fd inherited.
 pub fn kernel(a: KernelArgs) -> anyhow::Result<ExitCode> {
     let ram = Ram::from_inherited_fd(a.ram_fd).context("kho kernel: cannot adopt the RAM")?;
     let bb = BootBlock::read(&ram).context("kho kernel: no usable boot block")?;
+    BootBlock::consume(&ram).context("kho kernel: cannot consume the boot block")?;
     let cfg: SimConfig = serde_json::from_str(&bb.config).context("kho kernel: bad configuration in the boot block")?;
     let mut ui = Ui::new(cfg.json);
     let out = run_kernel(ram, Some(&bb), &cfg, &mut ui);

@@ -15,6 +15,11 @@
 //! | 72 | 8 | wall clock just before `exec()`, ns |
 //! | 80 | 4 | configuration length `n` |
 //! | 84 | n | configuration (JSON text) |
+//! | 84+n | 8 | FNV-1a 64 checksum of bytes `0..84+n` |
+//!
+//! The block is the commit point of a kexec: it is written last, after finalize, so a kernel
+//! killed before it leaves no handover, and a torn write fails the checksum. The next kernel
+//! consumes it (clears the magic) as it boots, so a stale block is never replayed.
 
 use kho_core::{HandoverPtr, PhysAddr};
 
@@ -26,7 +31,7 @@ pub const BOOT_BLOCK_PHYS: u64 = 0x1000;
 /// Its magic.
 pub const MAGIC: &[u8; 8] = b"KHOSIMBB";
 /// Its version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER: usize = 84;
 /// Largest configuration text.
 pub const MAX_CONFIG: usize = (RAM_BASE - BOOT_BLOCK_PHYS) as usize - HEADER;
@@ -67,6 +72,8 @@ impl BootBlock {
         }
         v.extend_from_slice(&u32::try_from(self.config.len()).unwrap_or(u32::MAX).to_le_bytes());
         v.extend_from_slice(self.config.as_bytes());
+        let sum = fnv1a(&v);
+        v.extend_from_slice(&sum.to_le_bytes());
         Ok(v)
     }
 
@@ -100,6 +107,14 @@ impl BootBlock {
         let n = u32_at(80) as usize;
         let cfg =
             b.get(HEADER..HEADER + n).ok_or_else(|| bad(format!("configuration length {n} runs past the block")))?;
+        let sum = b.get(HEADER + n..HEADER + n + 8).ok_or_else(|| bad("the checksum is missing".into()))?;
+        let want = fnv1a(&b[..HEADER + n]);
+        if sum != want.to_le_bytes() {
+            return Err(bad(format!(
+                "checksum mismatch (found {:02x?}, computed {want:#018x}): torn or corrupted",
+                sum
+            )));
+        }
         let config = String::from_utf8(cfg.to_vec()).map_err(|_| bad("configuration is not UTF-8".into()))?;
         Ok(Self {
             kho,
@@ -131,10 +146,27 @@ impl BootBlock {
         if n > MAX_CONFIG {
             return Err(SimError::BootBlock(format!("configuration length {n} is larger than the block")));
         }
-        let mut all = vec![0u8; HEADER + n];
+        let mut all = vec![0u8; HEADER + n + 8];
         ram.firmware_read(BOOT_BLOCK_PHYS, &mut all)?;
         Self::decode(&all)
     }
+}
+
+impl BootBlock {
+    /// Clears the block's magic so it can never be read again: the kernel that booted from
+    /// it owns the handover now, and a later restart must not replay it.
+    ///
+    /// # Errors
+    /// A memory error.
+    pub fn consume(ram: &Ram) -> Result<(), SimError> {
+        ram.firmware_write(BOOT_BLOCK_PHYS, &[0u8; 8])?;
+        Ok(())
+    }
+}
+
+/// FNV-1a, 64 bit: enough to detect a torn or scribbled block (not an adversary).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Nanoseconds since the epoch (0 if the clock is before it).

@@ -68,6 +68,10 @@ pub struct SimConfig {
     pub json: bool,
     /// Pages each kernel allocates early in boot (from scratch on a KHO boot).
     pub early_pages: u64,
+    /// Testing: the first kernel kills itself (SIGKILL) right after "finalize" or right
+    /// after writing the "boot-block", before exec.
+    #[serde(default)]
+    pub crash_after: Option<String>,
 }
 
 impl SimConfig {
@@ -94,6 +98,12 @@ impl SimConfig {
     /// # Errors
     /// [`SimError::Config`] naming the bad value.
     pub fn check(&self) -> Result<(), SimError> {
+        if let Some(c) = &self.crash_after
+            && c != "finalize"
+            && c != "boot-block"
+        {
+            return Err(SimError::Config(format!("crash point {c:?}: expected \"finalize\" or \"boot-block\"")));
+        }
         self.format()?;
         self.bitmap()?;
         self.policy()?;
@@ -430,8 +440,20 @@ pub fn run_kernel(
         exec_start_ns: now_ns(),
         config,
     };
+    crash_point(cfg, generation, "finalize");
     bb.write(&ram)?;
+    crash_point(cfg, generation, "boot-block");
     Ok(KernelOutcome { report: rep, next: Some(ram) })
+}
+
+/// Testing hook: dies by SIGKILL at `point` in the first kernel if the run asks for it (a
+/// kexec that dies half-way: nothing after this point happens, not even stdio flushing).
+fn crash_point(cfg: &SimConfig, generation: u64, point: &str) {
+    if generation == 0 && cfg.crash_after.as_deref() == Some(point) {
+        eprintln!("kho kernel 0: killed after {point} (testing --crash-after)");
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::process::abort();
+    }
 }
 
 /// The kernel's own early allocations (on a KHO boot they can only come from scratch).

@@ -70,6 +70,48 @@ impl Ram {
         Self::map(fd, size, backing)
     }
 
+    /// Creates a zeroed RAM file of `size` bytes at `path` (kept after the process ends, so a
+    /// crashed kernel's RAM can be booted again with [`Ram::open`]) and maps it.
+    ///
+    /// # Errors
+    /// [`SimError::Ram`] if the size is unusable or the file cannot be created or mapped.
+    pub fn create_at(path: &std::path::Path, size: u64) -> Result<Self, SimError> {
+        if size <= RAM_BASE || !size.is_multiple_of(PAGE_SIZE) || usize::try_from(size).is_err() {
+            return Err(SimError::Ram(format!(
+                "RAM size {size:#x} must be a multiple of 4 KiB above 1 MiB and fit the address space"
+            )));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| SimError::Ram(format!("cannot create the RAM file {}: {e}", path.display())))?;
+        let fd = OwnedFd::from(file);
+        rustix::fs::ftruncate(&fd, size).map_err(|e| SimError::Ram(format!("cannot size the RAM file: {e}")))?;
+        Self::map(fd, size, Backing::File)
+    }
+
+    /// Maps an existing RAM file (one made by [`Ram::create_at`]); the size is the file's.
+    ///
+    /// # Errors
+    /// [`SimError::Ram`] if the file is missing or not a usable RAM size.
+    pub fn open(path: &std::path::Path) -> Result<Self, SimError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| SimError::Ram(format!("cannot open the RAM file {}: {e}", path.display())))?;
+        let fd = OwnedFd::from(file);
+        let st = rustix::fs::fstat(&fd).map_err(|e| SimError::Ram(format!("cannot stat the RAM file: {e}")))?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        if size <= RAM_BASE || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(SimError::Ram(format!("{} is {size} bytes, not a usable RAM size", path.display())));
+        }
+        Self::map(fd, size, Backing::File)
+    }
+
     /// Adopts a RAM file descriptor inherited across `exec()`; the RAM size is the file's.
     ///
     /// # Errors

@@ -32,6 +32,7 @@ fn cfg(kexecs: u64) -> SimConfig {
         next_kernel: None,
         json: false,
         early_pages: 16,
+        crash_after: None,
     }
 }
 
