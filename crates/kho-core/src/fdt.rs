@@ -77,10 +77,14 @@ impl FdtNode {
     pub fn find_child(&self, name: &str) -> Option<&FdtNode> {
         self.children.iter().find(|c| c.name == name)
     }
-    /// True if the `compatible` string list contains `compat` (libfdt's stringlist match).
+    /// True if the `compatible` string list contains `compat`: libfdt's stringlist match,
+    /// where every entry must be NUL-terminated (six bytes "kho-v4" without the NUL match
+    /// nothing, and Linux boots cold on them).
     #[must_use]
     pub fn is_compatible(&self, compat: &str) -> bool {
-        self.get("compatible").is_some_and(|v| v.split(|&b| b == 0).any(|s| s == compat.as_bytes()))
+        self.get("compatible")
+            .and_then(|v| v.strip_suffix(&[0]))
+            .is_some_and(|v| v.split(|&b| b == 0).any(|s| s == compat.as_bytes()))
     }
     /// The first entry of `compatible`, lossily decoded, for messages.
     #[must_use]
@@ -160,8 +164,9 @@ impl FdtTree {
         }
         let fdt = Fdt::new(&bytes[..total]).map_err(|e| bad(e.to_string()))?;
         let mut budget = MAX_NODES;
-        let root =
-            convert(&fdt.root(), 0, &mut budget).map_err(|()| bad(alloc::format!("more than {MAX_NODES} nodes")))?;
+        let root = convert(&fdt.root(), 0, &mut budget).map_err(|()| {
+            bad(alloc::format!("more than {MAX_NODES} nodes, or a node with two properties of one name"))
+        })?;
         Ok(Self { root })
     }
 
@@ -180,6 +185,11 @@ fn convert(node: &dtoolkit::fdt::FdtNode<'_>, depth: usize, budget: &mut usize) 
     *budget = budget.checked_sub(1).ok_or(())?;
     let mut out = FdtNode::new(node.name());
     for p in node.properties() {
+        // The DT spec forbids two properties of one name; which one a reader sees would
+        // depend on its lookup order, so such a node is malformed.
+        if out.props.iter().any(|(n, _)| n == p.name()) {
+            return Err(());
+        }
         out.props.push((p.name().to_string(), p.value().to_vec()));
     }
     if depth < MAX_DEPTH {

@@ -46,6 +46,16 @@ pub fn decode<M: PhysRead + ?Sized>(
             expected: "a non-zero multiple of 16 bytes within the scratch-area limit",
         });
     }
+    if !array.is_aligned(8) {
+        return Err(Error::Misaligned { what: Field::ScratchArray, at: array, value: array.as_u64(), align: 8 });
+    }
+    let whole = PhysRange::new(array, size).ok_or(Error::BadValue {
+        what: Field::ScratchArray,
+        at: array,
+        found: size,
+        expected: "an array that does not wrap",
+    })?;
+    check_in_ram(ram, Field::ScratchArray, array, whole)?;
     let mut buf = alloc::vec![0u8; usize::try_from(size).unwrap_or(0)];
     mem.read_phys(array, &mut buf).map_err(|e| Error::unreadable(Field::ScratchArray, e))?;
     let mut areas = Vec::new();
