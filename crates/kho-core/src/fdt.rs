@@ -164,9 +164,7 @@ impl FdtTree {
         }
         let fdt = Fdt::new(&bytes[..total]).map_err(|e| bad(e.to_string()))?;
         let mut budget = MAX_NODES;
-        let root = convert(&fdt.root(), 0, &mut budget).map_err(|()| {
-            bad(alloc::format!("more than {MAX_NODES} nodes, or a node with two properties of one name"))
-        })?;
+        let root = convert(&fdt.root(), 0, &mut budget).map_err(bad)?;
         Ok(Self { root })
     }
 
@@ -181,14 +179,18 @@ impl FdtTree {
     }
 }
 
-fn convert(node: &dtoolkit::fdt::FdtNode<'_>, depth: usize, budget: &mut usize) -> core::result::Result<FdtNode, ()> {
-    *budget = budget.checked_sub(1).ok_or(())?;
+fn convert(
+    node: &dtoolkit::fdt::FdtNode<'_>,
+    depth: usize,
+    budget: &mut usize,
+) -> core::result::Result<FdtNode, String> {
+    *budget = budget.checked_sub(1).ok_or_else(|| alloc::format!("more than {MAX_NODES} nodes"))?;
     let mut out = FdtNode::new(node.name());
     for p in node.properties() {
         // The DT spec forbids two properties of one name; which one a reader sees would
         // depend on its lookup order, so such a node is malformed.
         if out.props.iter().any(|(n, _)| n == p.name()) {
-            return Err(());
+            return Err(alloc::format!("node {:?} has two properties named {:?}", node.name(), p.name()));
         }
         out.props.push((p.name().to_string(), p.value().to_vec()));
     }

@@ -122,8 +122,11 @@ impl HandoverPtr {
                 node: "/chosen".into(),
                 prop,
             })?;
-            let want = 4 * (address_cells + size_cells) as usize;
-            if v.len() != want || !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
+            // Cell counts come from the boot loader's device tree: range-check them before
+            // any arithmetic (0xffffffff + 2 overflows u32).
+            let cells_ok = (1..=2).contains(&address_cells) && (1..=2).contains(&size_cells);
+            let want = 4 * (address_cells as usize).saturating_add(size_cells as usize);
+            if !cells_ok || v.len() != want {
                 return Err(Error::PropertyLength {
                     at: PhysAddr::new(0),
                     node: "/chosen".into(),
