@@ -24,12 +24,35 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a whole simulated live update: preserve, kexec into a new process, restore, verify.
+    #[command(after_help = "Examples:
+  kho demo                                   4 GiB sparse RAM, 1 GiB workload, 3 kexecs
+  kho demo --ram 1T --kexecs 10 --json       a TiB host, ten live updates, one JSON report
+  kho demo --format v1 --bitmap-bytes 4096   Linux 6.18's kho-v1 variant
+  kho demo --next-max-order 8                next kernels support smaller folios (see README)
+  kho demo --corrupt chunk                   a damaged handover: refused by name, cold boot, exit 1
+
+Exit status: 0 every preserved byte verified; 1 a lost or corrupted byte or a refused
+handover; 2 a usage error.")]
     Demo(demo::DemoArgs),
     /// Show what a handover preserves: format, sub-blobs, scratch areas, preserved memory.
+    #[command(after_help = "Examples:
+  sudo kho inspect                           this host's handover (debugfs + /proc/kcore)
+  kho inspect --fdt fdt.dtb --elf vmcore --scratch-phys scratch_phys --scratch-len scratch_len
+  kho inspect --setup-data kho_data.bin --mem ram.bin@0      FDT and scratch found in memory
+  kho inspect --fdt fdt.dtb --mem ram.img.zst@0 --json       schema: docs/cli-json.md")]
     Inspect(inspect::InspectArgs),
     /// Check a handover with every incoming check; exit 1 and name each problem if invalid.
+    #[command(after_help = "Examples:
+  kho validate --fdt fdt.dtb --mem low.bin@0 --mem high.bin@0x100000000
+  kho validate --fdt fdt.dtb --elf vmcore --max-order 10 --reject-oversized --json
+
+Exit status: 0 valid; 1 invalid (every problem is named: field, address, value, expected);
+2 a usage error (bad arguments, unreadable input).")]
     Validate(inspect::InspectArgs),
     /// Rewrite a handover from one format to the other (kho-v1 <-> kho-v4).
+    #[command(after_help = "Example:
+  kho convert --fdt fdt.dtb --mem ram.img@0 --to v1 --out-dir out/
+  kho inspect --fdt out/fdt.dtb --mem out/mem.img@0           the same preserved set")]
     Convert(convert::ConvertArgs),
     /// Internal: the "next kernel" entry point that `kho demo` execs into.
     #[command(hide = true)]
