@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs kho-core's unit tests and the model-based test under Miri (undefined-behaviour checks
+# Runs kho-core's unit tests and two small integration suites under Miri (undefined-behaviour checks
 # for the engine and for the unsafe code in its dependencies: spin, zerocopy, dtoolkit).
 #
 # Installs the miri component on the nightly toolchain if it is missing. If it cannot be
