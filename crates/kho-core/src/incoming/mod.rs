@@ -331,12 +331,7 @@ impl Handover {
     /// [`Error::Misaligned`], [`Error::InvalidPage`], [`Error::NeverPreserved`],
     /// [`Error::AlreadyRestored`], [`Error::ShapeMismatch`], [`Error::OrderTooLarge`].
     pub fn restore_folio<T: MemMap + ?Sized>(&mut self, map: &mut T, phys: PhysAddr) -> Result<Block> {
-        let pfn = phys.pfn().ok_or(Error::Misaligned {
-            what: Field::Argument,
-            at: phys,
-            value: phys.as_u64(),
-            align: PAGE_SIZE,
-        })?;
+        let pfn = page_frame(phys)?;
         if !map.pfn_valid(pfn) {
             return Err(Error::InvalidPage { phys });
         }
@@ -366,12 +361,7 @@ impl Handover {
     /// # Errors
     /// As [`Handover::restore_folio`], plus [`Error::Empty`].
     pub fn restore_pages<T: MemMap + ?Sized>(&mut self, map: &mut T, phys: PhysAddr, count: u64) -> Result<Vec<Block>> {
-        let pfn = phys.pfn().ok_or(Error::Misaligned {
-            what: Field::Argument,
-            at: phys,
-            value: phys.as_u64(),
-            align: PAGE_SIZE,
-        })?;
+        let pfn = page_frame(phys)?;
         if count == 0 {
             return Err(Error::Empty { what: Field::Argument });
         }
@@ -421,6 +411,11 @@ impl Handover {
         self.index = BlockSet::new();
         blocks.len() as u64
     }
+}
+
+/// The frame a restore argument names; it must be page aligned.
+fn page_frame(phys: PhysAddr) -> Result<crate::types::Pfn> {
+    phys.pfn().ok_or(Error::Misaligned { what: Field::Argument, at: phys, value: phys.as_u64(), align: PAGE_SIZE })
 }
 
 fn covering(ranges: &[PhysRange], addr: PhysAddr) -> Option<PhysRange> {
