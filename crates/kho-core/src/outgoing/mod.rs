@@ -1,6 +1,6 @@
 //! The outgoing side: the kernel that is about to kexec.
 //!
-//! [`Kho`] records preservations in the [`tracker`](self::tracker), keeps the named subsystem
+//! [`Kho`] records preservations in the [`tracker`], keeps the named subsystem
 //! blobs, and at [`Kho::finalize`] writes the memory map in the chosen wire format plus the
 //! root FDT and the scratch array, returning the [`HandoverPtr`] the next kernel needs.
 //! Between `finalize` and [`Kho::abort`] preservations are frozen; `abort` keeps every one of
