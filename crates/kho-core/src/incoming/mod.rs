@@ -11,7 +11,6 @@
 //! Nothing is trusted before it is checked, nothing panics, and the work is bounded by the
 //! size of the metadata (see [`Limits`]), never by the number of preserved pages.
 
-use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::blockset::BlockSet;
@@ -491,10 +490,4 @@ fn resolve_blob<M: PhysRead + ?Sized>(
     s.size = Some(size);
     let range = ctx.check_pointer(what, s.phys, s.phys, size, 1)?;
     Ok(range)
-}
-
-/// Sub-blob names, for reports.
-#[must_use]
-pub fn subtree_names(h: &Handover) -> Vec<String> {
-    h.subtrees.iter().map(|s| s.name.clone()).collect()
 }
