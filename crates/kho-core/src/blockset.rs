@@ -151,6 +151,15 @@ impl BlockSet {
             .flat_map(move |units| units.iter().map(move |(&i, u)| ((i * UNIT_BITS) << shift, &**u)))
     }
 
+    /// The lowest block of `order`, found a word at a time.
+    #[must_use]
+    pub fn first_block(&self, order: Order) -> Option<Block> {
+        let (base, words) = self.units(order).next()?;
+        let (wi, w) = words.iter().enumerate().find(|(_, w)| **w != 0)?;
+        let n = (wi as u64) * 64 + u64::from(w.trailing_zeros());
+        Block::new(Pfn::new(base + (n << order.as_u32()))?, order)
+    }
+
     /// Every block, ascending by order and then by address.
     pub fn iter(&self) -> impl Iterator<Item = Block> + '_ {
         self.orders().flat_map(move |order| {
@@ -393,6 +402,17 @@ mod tests {
         assert_eq!(s.len(), 16);
         let e = s.insert_words(Order::ZERO, 0, &[0b10], PhysAddr::new(0x6000)).unwrap_err();
         assert!(matches!(e, Error::Overlap { block, .. } if block == blk(1, 0)));
+    }
+
+    #[test]
+    fn first_block_is_the_lowest_of_its_order() {
+        let mut s = BlockSet::new();
+        s.insert(blk(0x9000, 3));
+        s.insert(blk(0x8_8008, 3));
+        s.insert(blk(0x10, 0));
+        assert_eq!(s.first_block(Order::new(3).unwrap()), Some(blk(0x9000, 3)));
+        assert_eq!(s.first_block(Order::ZERO), Some(blk(0x10, 0)));
+        assert_eq!(s.first_block(Order::new(1).unwrap()), None);
     }
 
     #[test]

@@ -163,3 +163,26 @@ fn reserve_is_one_sorted_coalesced_batch() {
     assert!(map.reserved[0].windows(2).all(|w| w[0].end() < w[1].start()), "sorted, disjoint, coalesced");
     assert_eq!(h.reserved_ranges(), map.reserved[0].as_slice());
 }
+
+#[test]
+fn strict_policy_refuses_a_handover_with_oversized_blocks() {
+    let plat = TestPlatform::new(&ram(), PhysRange::new(PhysAddr::new(RAM.0 + (200 << 20)), 16 << 20).unwrap());
+    let scratch = PhysRange::new(PhysAddr::new(RAM.0 + (240 << 20)), 8 << 20).unwrap();
+    let mut cfg = OutgoingConfig::new(ram(), vec![scratch]);
+    cfg.max_order = Order::new(12).unwrap();
+    let kho = Kho::new(&plat, cfg).unwrap();
+    let (low, high) = (block(0x200_0000, 12), block(0x300_0000, 11));
+    for b in [high, low] {
+        kho.preserve_folio(b.pfn(), b.order()).unwrap();
+    }
+    let fin = kho.finalize(FormatVersion::V1).unwrap();
+    let mut icfg = IncomingConfig::new(ram());
+    icfg.oversized = kho_core::OversizedPolicy::Reject;
+    // Order 11 comes first in the walk; the error names that order's lowest block.
+    assert_eq!(
+        Handover::parse(&plat, &fin.ptr, &icfg).unwrap_err(),
+        Error::OrderTooLarge { what: Field::Block, at: high.phys(), order: 11, max: 10 }
+    );
+    icfg.oversized = kho_core::OversizedPolicy::Reserve;
+    assert_eq!(Handover::parse(&plat, &fin.ptr, &icfg).unwrap().oversized_blocks(), 2);
+}

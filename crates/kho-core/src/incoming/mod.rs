@@ -195,9 +195,7 @@ impl Handover {
             if order > cfg.max_order {
                 oversized += n;
                 if cfg.oversized == OversizedPolicy::Reject {
-                    let first = index.units(order).next().map_or(PhysAddr::new(0), |(base, _)| {
-                        crate::types::Pfn::new(base).map_or(PhysAddr::new(0), crate::types::Pfn::phys)
-                    });
+                    let first = index.first_block(order).map_or(PhysAddr::new(0), Block::phys);
                     report(Error::OrderTooLarge {
                         what: Field::Block,
                         at: first,
