@@ -30,6 +30,8 @@ fn new_unit() -> Unit {
 pub struct BlockSet {
     orders: BTreeMap<u8, BTreeMap<u64, Unit>>,
     len: u64,
+    /// Blocks per order, kept up to date so reports need no pass over the bitmaps.
+    counts: BTreeMap<u8, u64>,
 }
 
 impl core::fmt::Debug for BlockSet {
@@ -86,6 +88,7 @@ impl BlockSet {
         }
         *w |= mask;
         self.len += 1;
+        *self.counts.entry(block.order().as_u32() as u8).or_default() += 1;
         true
     }
 
@@ -100,6 +103,12 @@ impl BlockSet {
         }
         u[word] &= !mask;
         self.len -= 1;
+        if let Some(c) = self.counts.get_mut(&order) {
+            *c -= 1;
+            if *c == 0 {
+                self.counts.remove(&order);
+            }
+        }
         if u.iter().all(|&w| w == 0) {
             units.remove(&unit);
             if units.is_empty() {
@@ -127,13 +136,7 @@ impl BlockSet {
     /// Number of blocks of each order present, ascending by order.
     #[must_use]
     pub fn count_by_order(&self) -> Vec<(Order, u64)> {
-        self.orders
-            .iter()
-            .filter_map(|(&o, units)| {
-                let n = units.values().flat_map(|u| u.iter()).map(|w| u64::from(w.count_ones())).sum();
-                Some((Order::new(u32::from(o))?, n))
-            })
-            .collect()
+        self.counts.iter().filter_map(|(&o, &n)| Some((Order::new(u32::from(o))?, n))).collect()
     }
 
     /// Total bytes covered by the blocks (saturating).
@@ -241,6 +244,9 @@ impl BlockSet {
                         let pfn = (n + (j as u64) * 64 + u64::from(dup.trailing_zeros())) << shift;
                         let block = Pfn::new(pfn).and_then(|p| Block::new(p, order)).expect("checked above");
                         self.len += added;
+                        if added > 0 {
+                            *self.counts.entry(shift as u8).or_default() += added;
+                        }
                         return Err(Error::Overlap { what: Field::Block, block, other: block });
                     }
                     *slot |= w;
@@ -250,6 +256,9 @@ impl BlockSet {
             i += take;
         }
         self.len += added;
+        if added > 0 {
+            *self.counts.entry(shift as u8).or_default() += added;
+        }
         Ok(())
     }
 
@@ -262,6 +271,11 @@ impl BlockSet {
             let mut cur: Option<Run> = None;
             for (base, words) in self.units(order) {
                 let first = base >> shift;
+                // A full unit is one run of 32768 blocks (dense memory: 128 MiB at order 0).
+                if words.iter().all(|&w| w == u64::MAX) {
+                    extend_run(&mut cur, &mut out, first << shift, (first + UNIT_BITS) << shift, order);
+                    continue;
+                }
                 for (wi, &w0) in words.iter().enumerate() {
                     let mut w = w0;
                     let mut bit = 0u32;
@@ -271,16 +285,7 @@ impl BlockSet {
                         w = if skip == 64 { 0 } else { w >> skip };
                         let ones = w.trailing_ones();
                         let n = first + (wi as u64) * 64 + u64::from(bit);
-                        let (s, e) = (n << shift, (n + u64::from(ones)) << shift);
-                        match &mut cur {
-                            Some(r) if r.end == s => r.end = e,
-                            _ => {
-                                if let Some(r) = cur.take() {
-                                    out.push(r);
-                                }
-                                cur = Some(Run { start: s, end: e, order });
-                            }
-                        }
+                        extend_run(&mut cur, &mut out, n << shift, (n + u64::from(ones)) << shift, order);
                         bit += ones;
                         w = if ones == 64 { 0 } else { w >> ones };
                     }
@@ -323,6 +328,20 @@ impl BlockSet {
             prev = Some(r);
         }
         Ok(out)
+    }
+}
+
+/// Appends frames `[start, end)` of `order` to the open run if it continues it, else closes
+/// the open run into `out` and opens a new one.
+fn extend_run(cur: &mut Option<Run>, out: &mut Vec<Run>, start: u64, end: u64, order: Order) {
+    match cur {
+        Some(r) if r.end == start => r.end = end,
+        _ => {
+            if let Some(r) = cur.take() {
+                out.push(r);
+            }
+            *cur = Some(Run { start, end, order });
+        }
     }
 }
 
