@@ -75,7 +75,7 @@ pub struct DemoArgs {
     /// Page cache preserved as 4 KiB folios (order 0).
     #[arg(long = "page-cache", default_value = "256M", value_parser = parse_size)]
     page_cache: u64,
-    /// A table spread over scattered 1-8 page pieces, preserved as pages.
+    /// A vmalloc-style table: separately allocated pages handed over with the kho_vmalloc ABI.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     table: u64,
     /// Percent of each subsystem's items replaced between kexecs.
@@ -234,7 +234,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         let w = cfg.workload;
         println!(
             "kho demo: {} RAM ({:?}, sparse), workload {} (guest {} in 2 MiB folios, page cache {} in 4 KiB folios, \
-             table {} in scattered pieces), kho-{}, {} kexecs, max order {} -> {}, seed {}",
+             table {} as a vmalloc area), kho-{}, {} kexecs, max order {} -> {}, seed {}",
             gib(cfg.ram),
             ram.backing(),
             gib(w.guest + w.page_cache + w.table),

@@ -2,19 +2,27 @@
 //!
 //! - `guest`: a VM's RAM as 2 MiB folios (order 9, or the kernel's maximum if smaller).
 //! - `page-cache`: 4 KiB folios (order 0).
-//! - `table`: a table spread over scattered pieces of 1 to 8 pages, preserved and restored
-//!   as pages (the vmalloc pattern), its piece list kept in its own blob.
+//! - `table`: a vmalloc-style table of order-0 pages, each allocated on its own (so
+//!   physically wherever the allocator puts it), preserved exactly as Linux's
+//!   `kho_preserve_vmalloc` does (spec §2.3): every page with `preserve_pages(page, 1)`, a
+//!   chain of one-page `kho_vmalloc_chunk`s listing them (each chunk preserved too), and the
+//!   16-byte `struct kho_vmalloc` in the blob's `vmalloc` property. The next kernel walks the
+//!   chain, restores every page and chunk, and frees the chunks, as `kho_restore_vmalloc`.
+//!   Order 0 with `KHO_VMALLOC_ALLOC` is what a plain `vmalloc()` area looks like.
 //!
-//! Each fills its memory with seeded pseudo-random data, keeps a 64-bit hash per item in a
-//! blob (an FDT whose u64 values are raw little-endian) in pages it allocates, and registers
-//! the blob with `add_subtree`. After a kexec it finds the blob, restores every item and
-//! checks every byte against the hash; on a mismatch it regenerates the data to name the
-//! first wrong page and whether that page holds poison (it was not preserved).
+//! Each fills its memory with seeded pseudo-random data, keeps a 64-bit hash per item (for
+//! the table: per page, in area order, next to the descriptor) in a blob (an FDT whose u64
+//! values are raw little-endian) in pages it allocates, and registers the blob with
+//! `add_subtree`. After a kexec it finds the blob, restores every item and checks every byte
+//! against the hash; on a mismatch it regenerates the data to name the first wrong page and
+//! whether that page holds poison (it was not preserved).
 
 use kho_core::fdt::{FdtNode, FdtTree};
+use kho_core::format::vmalloc::{self, KhoVmalloc};
+use kho_core::format::{Limits, WalkContext};
 use kho_core::incoming::{Handover, OversizedPolicy};
 use kho_core::outgoing::Kho;
-use kho_core::{Error as KhoError, Field, Order, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysRead, PhysWrite};
+use kho_core::{Error as KhoError, Field, MetaAlloc, Order, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysRead, PhysWrite};
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
@@ -37,6 +45,12 @@ pub struct WorkloadConfig {
 /// Guest folio order (2 MiB).
 pub const GUEST_ORDER: u32 = 9;
 const CHUNK: usize = 2 << 20;
+/// Order of every piece of the table's vmalloc area (`struct kho_vmalloc.order`).
+pub const TABLE_ORDER: u32 = 0;
+/// `struct kho_vmalloc.flags` of the table: a plain `vmalloc()` area.
+const TABLE_FLAGS: u16 = vmalloc::FLAG_ALLOC;
+/// Bytes per table piece in the blob's `checks` property: seed and hash.
+const CHECK_BYTES: usize = 16;
 
 /// A deterministic generator (SplitMix64).
 #[derive(Debug, Clone)]
@@ -84,8 +98,10 @@ fn hash_step(h: u64, buf: &[u8]) -> u64 {
 /// How an item is preserved and restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// Each item a folio, listed in the blob.
     Folio,
-    Pages,
+    /// Items are the pieces of one vmalloc area, listed by its chunk chain (spec §2.3).
+    Vmalloc,
 }
 
 /// One preserved object: a folio, or a run of pages.
@@ -111,6 +127,10 @@ struct Subsystem {
     items: Vec<Item>,
     /// Pages released just before the last kexec (must read as poison after it).
     released: Vec<u64>,
+    /// [`Kind::Vmalloc`]: the area's descriptor and its preserved chunk pages (this kernel's;
+    /// those of the previous kernel are restored and freed by [`Workload::restore`]).
+    area: KhoVmalloc,
+    chunks: Vec<PhysAddr>,
 }
 
 /// Counters for the report.
@@ -144,7 +164,7 @@ pub struct Workload {
 }
 
 fn sub_names() -> [(&'static str, Kind); 3] {
-    [("guest", Kind::Folio), ("page-cache", Kind::Folio), ("table", Kind::Pages)]
+    [("guest", Kind::Folio), ("page-cache", Kind::Folio), ("table", Kind::Vmalloc)]
 }
 
 impl Workload {
@@ -156,6 +176,8 @@ impl Workload {
             kind,
             items: Vec::new(),
             released: Vec::new(),
+            area: KhoVmalloc::default(),
+            chunks: Vec::new(),
         });
         Self { subs: subs.collect(), rng: Rng::new(seed) }
     }
@@ -200,10 +222,10 @@ impl Workload {
     }
 
     fn new_piece(&mut self, m: &Machine) -> Result<Item, SimError> {
-        let pages = 1 + self.rng.below(8);
-        let pfn = m.alloc_contig(pages)?;
+        let pfn = m.alloc(TABLE_ORDER)?;
         let seed = self.rng.next_u64();
-        let mut item = Item { phys: pfn.phys().as_u64(), pages, order: 0, folio: false, seed, hash: 0 };
+        let (phys, pages) = (pfn.phys().as_u64(), 1 << TABLE_ORDER);
+        let mut item = Item { phys, pages, order: TABLE_ORDER, folio: false, seed, hash: 0 };
         item.hash = fill(m, &item)?;
         Ok(item)
     }
@@ -224,7 +246,7 @@ impl Workload {
                 let item = match (i, self.subs[i].kind) {
                     (0, _) => self.new_folio(m, guest_order)?,
                     (_, Kind::Folio) => self.new_folio(m, 0)?,
-                    (_, Kind::Pages) => self.new_piece(m)?,
+                    (_, Kind::Vmalloc) => self.new_piece(m)?,
                 };
                 preserve_item(kho, &item)?;
                 fresh.push(item);
@@ -248,6 +270,10 @@ impl Workload {
                 replaced += 1;
             }
             self.subs[i].items.extend(fresh);
+            if self.subs[i].kind == Kind::Vmalloc {
+                // The area changed: describe it again, then drop the old chunk chain.
+                released.extend(self.subs[i].rebuild_area(m, kho)?);
+            }
             self.subs[i].released = released;
         }
         Ok(replaced)
@@ -269,6 +295,10 @@ impl Workload {
                 }
                 preserve_item(kho, it)?;
                 n += 1;
+            }
+            if s.kind == Kind::Vmalloc {
+                let old = s.rebuild_area(m, kho)?;
+                s.released.extend(old);
             }
         }
         if forget && let Some(it) = self.subs[1].items.first() {
@@ -339,14 +369,25 @@ impl Workload {
             if let Some(pfn) = sub.phys.pfn() {
                 m.free_pages(pfn, pages);
             }
-            let (items, released, seed_next) = match parsed {
+            let parsed = match parsed {
                 Ok(v) => v,
                 Err(e) => {
                     rep.problems.push(e);
                     continue;
                 }
             };
-            w.rng = Rng::new(w.rng.0 ^ seed_next);
+            w.rng = Rng::new(w.rng.0 ^ parsed.generation);
+            let (items, chunks) = match &parsed.area {
+                None => (parsed.items, Vec::new()),
+                Some((desc, checks)) => match area_items(m, h, desc, checks, sub.phys, &name) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        rep.problems.push(e);
+                        continue;
+                    }
+                },
+            };
+            let released = parsed.released;
             for it in items {
                 let res = match it.folio {
                     true => match h.restore_folio(&mut m.memmap(), PhysAddr::new(it.phys)) {
@@ -381,6 +422,17 @@ impl Workload {
                     }
                 }
             }
+            // The chunk pages were the area's metadata: restore them and free them.
+            for c in chunks {
+                match h.restore_pages(&mut m.memmap(), c, 1) {
+                    Ok(_) => {
+                        if let Some(pfn) = c.pfn() {
+                            m.free_pages(pfn, 1);
+                        }
+                    }
+                    Err(e) => rep.problems.push(format!("{name}: vmalloc chunk {c} cannot be restored: {e}")),
+                }
+            }
             for p in released {
                 if exempt.iter().any(|r| r.contains(PhysAddr::new(p))) {
                     continue;
@@ -413,6 +465,31 @@ impl Workload {
                 progress(done, total);
             }
         }
+    }
+}
+
+impl Subsystem {
+    /// Writes the chunk chain of the vmalloc area (the items, in order), preserves each chunk
+    /// page, then unpreserves and frees the previous chain, whose pages it returns.
+    fn rebuild_area(&mut self, m: &Machine, kho: &Kho<&Machine>) -> Result<Vec<u64>, SimError> {
+        let name = self.name;
+        let pieces: Vec<PhysAddr> = self.items.iter().map(|it| PhysAddr::new(it.phys)).collect();
+        let (area, chunks) = vmalloc::encode(m, &pieces, order(TABLE_ORDER)?, TABLE_FLAGS)
+            .map_err(SimError::kho(format!("sim-{name}: write the vmalloc chunk chain")))?;
+        for &c in &chunks {
+            kho.preserve_pages(pfn_of(c.as_u64())?, 1)
+                .map_err(SimError::kho(format!("sim-{name}: preserve vmalloc chunk {c}")))?;
+        }
+        self.area = area;
+        let old = std::mem::replace(&mut self.chunks, chunks);
+        let mut released = Vec::with_capacity(old.len());
+        for c in old {
+            kho.unpreserve_pages(pfn_of(c.as_u64())?, 1)
+                .map_err(SimError::kho(format!("sim-{name}: unpreserve vmalloc chunk {c}")))?;
+            m.free_meta_page(c);
+            released.push(c.as_u64());
+        }
+        Ok(released)
     }
 }
 
@@ -491,43 +568,85 @@ fn locate(m: &Machine, name: &str, it: &Item) -> String {
     }
 }
 
-fn blob(s: &Subsystem, released: &[u64], generation: u64) -> Result<Vec<u8>, SimError> {
-    let mut items = Vec::with_capacity(s.items.len() * ITEM_BYTES);
-    for it in &s.items {
-        let shape = u64::from(it.order) | (u64::from(!it.folio) << 32);
-        for v in [it.phys, it.pages, shape, it.seed, it.hash] {
-            items.extend_from_slice(&v.to_le_bytes());
-        }
+/// The blob's `compatible`: the table's layout (descriptor + checks) is version 2.
+fn compatible(name: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Folio => format!("kho-sim,{name}-v1"),
+        Kind::Vmalloc => format!("kho-sim,{name}-v2"),
     }
+}
+
+fn kind_of(name: &str) -> Kind {
+    sub_names().into_iter().find(|(n, _)| *n == name).map_or(Kind::Folio, |(_, k)| k)
+}
+
+fn blob(s: &Subsystem, released: &[u64], generation: u64) -> Result<Vec<u8>, SimError> {
     let rel: Vec<u8> = released.iter().flat_map(|p| p.to_le_bytes()).collect();
-    let root = FdtNode::new("")
-        .prop_str("compatible", &format!("kho-sim,{}-v1", s.name))
-        .prop_le64("generation", generation)
-        .prop("items", &items)
-        .prop("released", &rel);
+    let root = FdtNode::new("").prop_str("compatible", &compatible(s.name, s.kind)).prop_le64("generation", generation);
+    let root = match s.kind {
+        Kind::Folio => {
+            let mut items = Vec::with_capacity(s.items.len() * ITEM_BYTES);
+            for it in &s.items {
+                let shape = u64::from(it.order) | (u64::from(!it.folio) << 32);
+                for v in [it.phys, it.pages, shape, it.seed, it.hash] {
+                    items.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            root.prop("items", &items)
+        }
+        Kind::Vmalloc => {
+            // Where the pieces are is the chunk chain's business; the blob keeps the
+            // descriptor and, per piece in area order, what its data must hash to.
+            let checks: Vec<u8> = s.items.iter().flat_map(|it| [it.seed, it.hash]).flat_map(u64::to_le_bytes).collect();
+            root.prop("vmalloc", &s.area.to_bytes()).prop("checks", &checks)
+        }
+    };
+    let root = root.prop("released", &rel);
     FdtTree { root }.to_dtb().map_err(SimError::kho(format!("sim-{}: build blob", s.name)))
 }
 
-type Parsed = (Vec<Item>, Vec<u64>, u64);
+/// What a blob holds.
+struct Parsed {
+    /// Folio subsystems: every item.
+    items: Vec<Item>,
+    /// Vmalloc subsystems: the area's descriptor and (seed, hash) of each piece, in order.
+    area: Option<(KhoVmalloc, Vec<(u64, u64)>)>,
+    released: Vec<u64>,
+    generation: u64,
+}
+
+fn word(c: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&c[i * 8..i * 8 + 8]);
+    u64::from_le_bytes(a)
+}
 
 fn read_blob(m: &Machine, phys: PhysAddr, size: u64, name: &str) -> Result<Parsed, String> {
     let mut buf = vec![0u8; usize::try_from(size).map_err(|_| format!("{name}: blob size {size} is too large"))?];
     m.read_phys(phys, &mut buf).map_err(|e| format!("{name}: blob unreadable: {e}"))?;
     let t = FdtTree::parse(&buf, Field::Blob, phys).map_err(|e| format!("{name}: {e}"))?;
-    let want = format!("kho-sim,{}-v1", name.trim_start_matches("sim-"));
+    let short = name.trim_start_matches("sim-");
+    let kind = kind_of(short);
+    let want = compatible(short, kind);
     if !t.root.is_compatible(&want) {
         return Err(format!("{name}: blob at {phys} is not {want:?}"));
     }
     let generation = t.root.le64(phys, "/", "generation").map_err(|e| format!("{name}: {e}"))?;
+    let released = t.root.get("released").unwrap_or(&[]).chunks_exact(8).map(|c| word(c, 0)).collect();
+    if kind == Kind::Vmalloc {
+        let raw = t.root.get("vmalloc").ok_or_else(|| format!("{name}: blob has no vmalloc descriptor"))?;
+        let desc = KhoVmalloc::from_bytes(raw, phys).map_err(|e| format!("{name}: vmalloc descriptor: {e}"))?;
+        let raw = t.root.get("checks").ok_or_else(|| format!("{name}: blob has no checks"))?;
+        if raw.len() % CHECK_BYTES != 0 {
+            return Err(format!("{name}: checks property of {} bytes is not a multiple of {CHECK_BYTES}", raw.len()));
+        }
+        let checks = raw.chunks_exact(CHECK_BYTES).map(|c| (word(c, 0), word(c, 1))).collect();
+        return Ok(Parsed { items: Vec::new(), area: Some((desc, checks)), released, generation });
+    }
     let raw = t.root.get("items").ok_or_else(|| format!("{name}: blob has no items"))?;
     if raw.len() % ITEM_BYTES != 0 {
         return Err(format!("{name}: items property of {} bytes is not a multiple of {ITEM_BYTES}", raw.len()));
     }
-    let word = |c: &[u8], i: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&c[i * 8..i * 8 + 8]);
-        u64::from_le_bytes(a)
-    };
     let items = raw
         .chunks_exact(ITEM_BYTES)
         .map(|c| Item {
@@ -539,6 +658,46 @@ fn read_blob(m: &Machine, phys: PhysAddr, size: u64, name: &str) -> Result<Parse
             hash: word(c, 4),
         })
         .collect();
-    let released = t.root.get("released").unwrap_or(&[]).chunks_exact(8).map(|c| word(c, 0)).collect();
-    Ok((items, released, generation))
+    Ok(Parsed { items, area: None, released, generation })
+}
+
+/// Walks a vmalloc area's chunk chain (every check of [`vmalloc::decode_chain`]) and pairs
+/// each piece with its check; returns the pieces as items and the chunk pages.
+fn area_items(
+    m: &Machine,
+    h: &Handover,
+    desc: &KhoVmalloc,
+    checks: &[(u64, u64)],
+    at: PhysAddr,
+    name: &str,
+) -> Result<(Vec<Item>, Vec<PhysAddr>), String> {
+    if u32::from(desc.order) != TABLE_ORDER {
+        return Err(format!("{name}: vmalloc area of order {} (this table uses order {TABLE_ORDER})", desc.order));
+    }
+    let ram = [m.ram_range()];
+    let mut ctx = WalkContext::new(m, &ram, h.scratch(), Limits::default());
+    let area = vmalloc::decode_chain(&mut ctx, desc, at)
+        .map_err(|e| format!("{name}: vmalloc chunk chain refused: {e}: all its memory is lost"))?;
+    if area.pieces.len() != checks.len() {
+        return Err(format!(
+            "{name}: vmalloc area lists {} pieces but the blob checks {}: all its memory is lost",
+            area.pieces.len(),
+            checks.len()
+        ));
+    }
+    let pages = 1u64 << desc.order;
+    let items = area
+        .pieces
+        .iter()
+        .zip(checks)
+        .map(|(p, &(seed, hash))| Item {
+            phys: p.as_u64(),
+            pages,
+            order: u32::from(desc.order),
+            folio: false,
+            seed,
+            hash,
+        })
+        .collect();
+    Ok((items, area.chunk_pages))
 }
