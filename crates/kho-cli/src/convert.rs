@@ -39,7 +39,7 @@ use kho_core::{Block, BlockSet, FormatVersion, HandoverPtr, Order, PAGE_SIZE, Ph
 use serde::Serialize;
 
 use crate::inspect::{self, InputArgs};
-use crate::memsrc::coalesce;
+use kho_core::types::merge_ranges;
 
 /// Lowest address handed out for metadata: x86 lends `[0, 1 MiB)` to the booting kernel as
 /// scratch (spec §1.6).
@@ -287,7 +287,7 @@ fn convert<M: PhysRead + ?Sized>(
     bitmap: BitmapBytes,
     with_data: bool,
 ) -> anyhow::Result<Converted> {
-    let ram = coalesce(ram.to_vec());
+    let ram = merge_ranges(ram.to_vec());
     let mut preserved = h.preserved().clone();
     let mut notes = Vec::new();
 
@@ -296,7 +296,7 @@ fn convert<M: PhysRead + ?Sized>(
     let mut busy: Vec<PhysRange> = h.reserved_ranges().to_vec();
     busy.extend(h.scratch().iter().copied());
     busy.extend(h.metadata_pages().iter().filter_map(|&p| PhysRange::new(p, PAGE_SIZE)));
-    let busy = coalesce(busy);
+    let busy = merge_ranges(busy);
     let machine = OutMachine {
         mem: SparseMem::new(),
         free: Mutex::new(FreePages { ram, busy, next: LOW_LIMIT, returned: Vec::new(), taken: Vec::new() }),

@@ -165,27 +165,38 @@ fn handover(bytes: u64, format: FormatVersion, pattern: u64) -> (TestPlatform, H
     (plat, ptr, ram)
 }
 
+/// Times `Handover::parse` plus `reserve` of one prepared handover.
+fn parse_and_reserve(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    format: FormatVersion,
+    plat: &TestPlatform,
+    ptr: &HandoverPtr,
+    ram: &[PhysRange],
+) {
+    let cfg = IncomingConfig::new(ram.to_vec());
+    g.bench_function(format.compatible(), |b| {
+        b.iter_batched(
+            || RecordingMap { ram: ram.to_vec(), ..RecordingMap::default() },
+            |mut map| {
+                let h = Handover::parse(plat, ptr, &cfg).unwrap();
+                h.reserve(&mut map);
+                black_box(map.reserved.len())
+            },
+            BatchSize::SmallInput,
+        );
+    });
+}
+
 fn bench_incoming(c: &mut Criterion) {
     let mut g = c.benchmark_group("validate+reserve 1 TiB at order 0");
     g.sample_size(10);
     for format in [FormatVersion::V1, FormatVersion::V4] {
         let (plat, ptr, ram) = handover(TIB, format, u64::MAX);
-        let cfg = IncomingConfig::new(ram.clone());
         // Sanity: the whole TiB is one reserved range.
-        let h = Handover::parse(&plat, &ptr, &cfg).unwrap();
+        let h = Handover::parse(&plat, &ptr, &IncomingConfig::new(ram.clone())).unwrap();
         assert_eq!(h.preserved_blocks(), TIB >> 12);
         assert_eq!(h.reserved_ranges().len(), 1);
-        g.bench_function(format.compatible(), |b| {
-            b.iter_batched(
-                || RecordingMap { ram: ram.clone(), ..RecordingMap::default() },
-                |mut map| {
-                    let h = Handover::parse(&plat, &ptr, &cfg).unwrap();
-                    h.reserve(&mut map);
-                    black_box(map.reserved.len())
-                },
-                BatchSize::SmallInput,
-            );
-        });
+        parse_and_reserve(&mut g, format, &plat, &ptr, &ram);
     }
     g.finish();
 }
@@ -198,20 +209,9 @@ fn bench_scattered(c: &mut Criterion) {
     g.sample_size(10);
     for format in [FormatVersion::V1, FormatVersion::V4] {
         let (plat, ptr, ram) = handover(16 << 30, format, 0x5555_5555_5555_5555);
-        let cfg = IncomingConfig::new(ram.clone());
-        let h = Handover::parse(&plat, &ptr, &cfg).unwrap();
+        let h = Handover::parse(&plat, &ptr, &IncomingConfig::new(ram.clone())).unwrap();
         assert_eq!(h.reserved_ranges().len(), 1 << 21);
-        g.bench_function(format.compatible(), |b| {
-            b.iter_batched(
-                || RecordingMap { ram: ram.clone(), ..RecordingMap::default() },
-                |mut map| {
-                    let h = Handover::parse(&plat, &ptr, &cfg).unwrap();
-                    h.reserve(&mut map);
-                    black_box(map.reserved.len())
-                },
-                BatchSize::SmallInput,
-            );
-        });
+        parse_and_reserve(&mut g, format, &plat, &ptr, &ram);
     }
     g.finish();
 }

@@ -254,6 +254,20 @@ impl PhysRange {
     }
 }
 
+/// Sorts ranges and merges those that overlap or touch: the union as the fewest ranges.
+#[must_use]
+pub fn merge_ranges(mut ranges: alloc::vec::Vec<PhysRange>) -> alloc::vec::Vec<PhysRange> {
+    ranges.sort_unstable();
+    let mut out: alloc::vec::Vec<PhysRange> = alloc::vec::Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 impl fmt::Debug for PhysRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{:#x}, {:#x})", self.start.0, self.end.0)
@@ -360,6 +374,15 @@ mod tests {
         let b = PhysRange::new(PhysAddr::new(0x1fff), 1).unwrap();
         let c = PhysRange::new(PhysAddr::new(0x2000), 1).unwrap();
         assert!(a.overlaps(b) && !a.overlaps(c));
+    }
+
+    #[test]
+    fn merge_unions_overlapping_and_touching_ranges() {
+        let r = |s: u64, l: u64| PhysRange::new(PhysAddr::new(s), l).unwrap();
+        let merged =
+            merge_ranges(alloc::vec![r(0x5000, 0x1000), r(0x1000, 0x2000), r(0x2000, 0x2000), r(0x4000, 0x1000)]);
+        assert_eq!(merged, [r(0x1000, 0x5000)]);
+        assert_eq!(merge_ranges(alloc::vec![r(0x3000, 1), r(0x1000, 1)]), [r(0x1000, 1), r(0x3000, 1)]);
     }
 
     #[test]

@@ -36,23 +36,7 @@ pub struct PoisonStats {
     pub poisoned_pages: u64,
 }
 
-/// Sorts and merges ranges.
-#[must_use]
-pub fn merge_ranges(mut v: Vec<PhysRange>) -> Vec<PhysRange> {
-    v.sort_unstable();
-    let mut out: Vec<PhysRange> = Vec::with_capacity(v.len());
-    for r in v {
-        match out.last_mut() {
-            Some(last) if last.end() >= r.start() => {
-                if r.end() > last.end() {
-                    *last = PhysRange::from_bounds(last.start(), r.end()).unwrap_or(*last);
-                }
-            }
-            _ => out.push(r),
-        }
-    }
-    out
-}
+pub use kho_core::types::merge_ranges;
 
 /// Poisons every page of RAM holding data outside `keep` (sorted, merged ranges).
 ///

@@ -10,7 +10,8 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Backing, MemSource, MemSrcError, Segment, coalesce};
+use super::{Backing, MemSource, MemSrcError, Segment};
+use kho_core::types::merge_ranges;
 use kho_core::{PhysAddr, PhysRange};
 
 /// Opens `dev` (normally `/dev/mem`) with RAM ranges parsed from `iomem` (normally
@@ -81,7 +82,7 @@ pub fn parse_iomem(text: &str) -> Result<Vec<PhysRange>, MemSrcError> {
         };
         return Err(MemSrcError::NoRam { reason });
     }
-    Ok(coalesce(ranges))
+    Ok(merge_ranges(ranges))
 }
 
 #[cfg(test)]

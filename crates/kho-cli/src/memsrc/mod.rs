@@ -22,6 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use kho_core::types::merge_ranges;
 use kho_core::{MemError, PAGE_SIZE, PhysAddr, PhysRange, PhysRead};
 
 /// Why a memory source could not be opened.
@@ -290,7 +291,7 @@ impl MemSource {
         if let Some(r) = other.ram_override {
             let mut all = self.ram_override.take().unwrap_or_default();
             all.extend(r);
-            self.ram_override = Some(coalesce(all));
+            self.ram_override = Some(merge_ranges(all));
         }
         self.descriptions.extend(other.descriptions);
         self.notes.extend(other.notes);
@@ -302,7 +303,7 @@ impl MemSource {
     pub fn ram(&self) -> Vec<PhysRange> {
         match &self.ram_override {
             Some(r) => r.clone(),
-            None => coalesce(self.segments.iter().map(|s| s.range).collect()),
+            None => merge_ranges(self.segments.iter().map(|s| s.range).collect()),
         }
     }
 
@@ -349,24 +350,6 @@ fn segment_range(what: &str, base: u64, len: u64) -> Result<PhysRange, MemSrcErr
         return Err(MemSrcError::Empty { what: what.to_string() });
     }
     PhysRange::new(PhysAddr::new(base), len).ok_or(MemSrcError::Wraps { what: what.to_string(), base, len })
-}
-
-/// Sorts ranges and merges those that overlap or touch.
-#[must_use]
-pub fn coalesce(mut ranges: Vec<PhysRange>) -> Vec<PhysRange> {
-    ranges.sort_unstable();
-    let mut out: Vec<PhysRange> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if last.end() >= r.start() => {
-                if r.end() > last.end() {
-                    *last = PhysRange::from_bounds(last.start(), r.end()).unwrap_or(*last);
-                }
-            }
-            _ => out.push(r),
-        }
-    }
-    out
 }
 
 impl PhysRead for MemSource {
