@@ -51,14 +51,6 @@ impl SparseMem {
     pub fn touched_pages(&self) -> usize {
         self.pages.lock().len()
     }
-    /// Copies every touched page into `other` (a snapshot, e.g. for "kexec").
-    pub fn copy_into(&self, other: &SparseMem) {
-        let src = self.pages.lock();
-        let mut dst = other.pages.lock();
-        for (k, v) in src.iter() {
-            dst.insert(*k, v.clone());
-        }
-    }
 }
 
 impl PhysRead for SparseMem {

@@ -508,28 +508,30 @@ fn preserve_item(kho: &Kho<&Machine>, it: &Item) -> Result<(), SimError> {
 }
 
 fn fill(m: &Machine, it: &Item) -> Result<u64, SimError> {
-    let mut buf = vec![0u8; CHUNK.min((it.pages * PAGE_SIZE) as usize)];
-    let mut h = it.seed;
-    let mut off = 0u64;
-    let len = it.pages * PAGE_SIZE;
-    while off < len {
-        let n = (len - off).min(buf.len() as u64) as usize;
-        generate(it.seed, off / 8, &mut buf[..n]);
-        m.write_phys(PhysAddr::new(it.phys + off), &buf[..n])?;
-        h = hash_step(h, &buf[..n]);
-        off += n as u64;
-    }
-    Ok(h)
+    hash_chunks(it, |phys, off, chunk| {
+        generate(it.seed, off / 8, chunk);
+        Ok(m.write_phys(phys, chunk)?)
+    })
 }
 
 fn hash_item(m: &Machine, it: &Item) -> Result<u64, SimError> {
-    let mut buf = vec![0u8; CHUNK.min((it.pages * PAGE_SIZE) as usize)];
+    hash_chunks(it, |phys, _, chunk| Ok(m.read_phys(phys, chunk)?))
+}
+
+/// Walks an item's bytes in chunks: `io` fills or writes each chunk (given its address and
+/// byte offset), then the chunk goes into the item's hash. Filling and verifying share this,
+/// so both hash exactly the same byte stream.
+fn hash_chunks(
+    it: &Item,
+    mut io: impl FnMut(PhysAddr, u64, &mut [u8]) -> Result<(), SimError>,
+) -> Result<u64, SimError> {
+    let len = it.pages * PAGE_SIZE;
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
     let mut h = it.seed;
     let mut off = 0u64;
-    let len = it.pages * PAGE_SIZE;
     while off < len {
         let n = (len - off).min(buf.len() as u64) as usize;
-        m.read_phys(PhysAddr::new(it.phys + off), &mut buf[..n])?;
+        io(PhysAddr::new(it.phys + off), off, &mut buf[..n])?;
         h = hash_step(h, &buf[..n]);
         off += n as u64;
     }
