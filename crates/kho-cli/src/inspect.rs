@@ -314,7 +314,11 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
             }
             out
         } else if inp.exists() {
-            notes.push("live mode: no kho/out/fdt, inspecting the incoming kho/in/fdt".into());
+            notes.push(
+                "live mode: no kho/out/fdt (Linux 7.3 does not show it in a kernel booted by a KHO kexec); \
+                 inspecting the incoming kho/in/fdt"
+                    .into(),
+            );
             consumed = true;
             inp
         } else {

@@ -62,7 +62,7 @@ make_initramfs "$work/stage1.cpio" "$work/guest.sh" "$kho_bin:/bin/kho" "$kexec_
 log "initramfs: stage 1 $(stat -c %s "$work/stage1.cpio") bytes, stage 2 $(stat -c %s "$work/stage2.cpio") bytes"
 
 serial="$work/serial.log"
-append="console=ttyS0 kho=on kho_scratch=32M,256M,32M nokaslr panic=-1 reboot=t"
+append="console=ttyS0 kho=on kho_scratch=32M,256M,32M panic=-1 reboot=t"
 boot_t0=$SECONDS
 boot_qemu "$kdir/bzImage" "$work/stage1.cpio" "$append" "${KHO_TEST_TIMEOUT:-600}" "$serial" \
   || die "QEMU did not finish by itself (exit $?); serial log: $serial"
@@ -82,7 +82,7 @@ expect_line "$serial" "holds [0-9]+ of the FDT's [0-9]+ bytes" "the truncated de
 expect_line "$serial" "^=== END kexec-load rc=0 ===" "kexec -s -l loads kernel 2"
 # --- kernel 2 -------------------------------------------------------------------------------
 expect_line "$serial" "KHO: exec from: .* \(count 1\)" "kernel 2 was started by a KHO kexec"
-expect_line "$serial" "kho_test: KHO restore succeeded" "test_kho restores its folios in kernel 2"
+expect_line "$serial" "test_kho: KHO restore succeeded" "test_kho restores its folios in kernel 2"
 expect_line "$serial" "KHO-T1: stage 2" "kernel 2 runs the test"
 expect_line "$serial" "^=== END inspect-in rc=0 ===" "kho inspect --incoming exits 0"
 expect_line "$serial" "^=== END inspect-in-json rc=0 ===" "kho inspect --incoming --json exits 0"
