@@ -337,12 +337,20 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
         let scratch = a.scratch_phys.clone().zip(a.scratch_len.clone());
         (a.fdt.clone(), scratch)
     };
+    // In the kernel a handover started, x86 sysfs still shows the SETUP_KEXEC_KHO entry the
+    // previous kernel passed: the FDT's address and the scratch array as this kernel got them.
+    let auto_setup_data = if consumed && a.setup_data.is_none() {
+        live::find_kho_setup_data(Path::new(live::SYSFS_SETUP_DATA))
+    } else {
+        None
+    };
+    let scratch_files = if auto_setup_data.is_some() { None } else { scratch_files };
     let mem = open_memory(a, live)?;
     notes.extend(mem.notes().iter().cloned());
     let mut problems = Vec::new();
     let limits = Limits::default();
 
-    let ptr = match &a.setup_data {
+    let ptr = match a.setup_data.as_ref().or(auto_setup_data.as_ref()) {
         Some(p) => {
             let bytes = read_file(p, "setup_data payload")?;
             match HandoverPtr::from_setup_data_payload(&bytes, PhysAddr::new(0)) {
@@ -355,6 +363,16 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
         }
         None => None,
     };
+    if let (Some(path), Some(p)) = (&auto_setup_data, &ptr) {
+        notes.push(format!(
+            "the handover this kernel received, as x86 setup_data SETUP_KEXEC_KHO ({}) gave it: FDT at {}, \
+             scratch array at {} ({} bytes)",
+            path.display(),
+            p.fdt,
+            p.scratch,
+            p.scratch_size
+        ));
+    }
     let fdt_phys = a.fdt_phys.map(PhysAddr::new).or(ptr.map(|p| p.fdt));
 
     let (mut fdt, mut fdt_origin) = match (&fdt_path, &ptr) {
