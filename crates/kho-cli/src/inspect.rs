@@ -947,7 +947,10 @@ mod tests {
         let text = validate_text(&r);
         assert!(text.starts_with(live::CONSUMED_MESSAGE), "{text}");
         assert!(text.contains("(kho-v4 handover, 2 sub-blob(s), 3 scratch area(s))"), "{text}");
-        assert!(r.to_text().contains("preserved: not checkable after boot"));
+        let text = r.to_text();
+        assert!(text.contains("preserved: not checkable after boot"), "{text}");
+        assert!(text.contains("nr_folios 26, csum 1120136128, folios not followed"), "{text}");
+        assert!(text.contains("memory map:      0x181000 (radix root; not walked: Linux frees it at boot)"), "{text}");
         assert!(r.to_json().unwrap().contains("\"consumed\": true"));
     }
 
