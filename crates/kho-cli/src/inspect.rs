@@ -113,11 +113,14 @@ pub fn run(a: InspectArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     let analysis = analyze(&loaded, &a.input);
     let r = &analysis.report;
     if a.json {
-        println!("{}", r.to_json().context("writing JSON")?);
+        // Streamed to stdout as it is serialized: no second copy of the report in memory.
+        let mut w = crate::out::Stdout::new();
+        serde_json::to_writer_pretty(&mut w, r).context("writing JSON")?;
+        std::io::Write::write_all(&mut w, b"\n").context("writing JSON")?;
     } else if mode == Mode::Validate {
-        print!("{}", validate_text(r));
+        crate::outp!("{}", validate_text(r));
     } else {
-        print!("{}", r.to_text());
+        crate::outp!("{}", r.to_text());
     }
     Ok(if r.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -11,6 +11,8 @@ mod convert;
 mod demo;
 mod inspect;
 mod memsrc;
+#[macro_use]
+mod out;
 mod report;
 
 /// Kexec HandOver (KHO): keep memory intact across kexec, and check that it will be.
@@ -68,11 +70,13 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Kernel(a) => demo::kernel(a),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kho: error: {e:#}");
+            errln!("kho: error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    out::flush();
+    code
 }

@@ -106,7 +106,10 @@ pub enum SpecError {
         arg: String,
     },
     /// A number is not hex (`0x…`) or decimal, or does not fit in 64 bits.
-    #[error("{what} {text:?}: not a number (use hex with 0x, or decimal; K/M/G/T suffixes allowed)")]
+    #[error(
+        "{what} {text:?}: not a number or size (hex with 0x, or decimal, optionally followed by K, M, G, T or P, \
+         also written KiB or KB, all binary)"
+    )]
     BadNumber {
         /// What the number is (argument name).
         what: String,
@@ -115,31 +118,65 @@ pub enum SpecError {
     },
 }
 
-/// Parses an address or size: `0x`-prefixed hex or decimal, `_` separators allowed, with an
-/// optional binary suffix `K`, `M`, `G` or `T` (as Linux `memparse`). `what` names the value in
-/// the error.
+/// Parses an address or size, the one grammar of every numeric flag: `0x`-prefixed hex or
+/// decimal, `_` separators allowed, then an optional unit, case-insensitive: `K`, `M`, `G`,
+/// `T`, `P`, each also as `KiB`/`KB`, `GiB`/`GB` and so on. Every unit is binary (`1G` =
+/// `1GiB` = `1GB` = 2^30 bytes), as Linux's `memparse` and memory vendors count; a space
+/// between number and unit is allowed. `what` names the value in the error.
 ///
 /// # Errors
 /// [`SpecError::BadNumber`] for anything else, including overflow.
 pub fn parse_number(text: &str, what: &str) -> Result<u64, SpecError> {
     let bad = || SpecError::BadNumber { what: what.to_string(), text: text.to_string() };
     let t: String = text.trim().chars().filter(|&c| c != '_').collect();
-    let (digits, shift) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 30),
-        Some('t' | 'T') => (&t[..t.len() - 1], 40),
-        _ => (t.as_str(), 0),
-    };
-    let value = if let Some(hex) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
-        u64::from_str_radix(hex, 16).map_err(|_| bad())?
-    } else {
-        digits.parse::<u64>().map_err(|_| bad())?
-    };
+    let lower = t.to_ascii_lowercase();
+    let (digits, shift) = split_unit(&lower).ok_or_else(bad)?;
+    let digits = digits.trim_end();
     if digits.is_empty() {
         return Err(bad());
     }
+    let value = if let Some(hex) = digits.strip_prefix("0x") {
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u64::from_str_radix(hex, 16).map_err(|_| bad())?
+    } else {
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        digits.parse::<u64>().map_err(|_| bad())?
+    };
     value.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Splits a lower-cased number into its digits and the unit's shift (0 without a unit);
+/// `None` when a unit is half written (`"ib"` with no letter before it).
+fn split_unit(t: &str) -> Option<(&str, u32)> {
+    fn shift(c: char) -> Option<u32> {
+        match c {
+            'k' => Some(10),
+            'm' => Some(20),
+            'g' => Some(30),
+            't' => Some(40),
+            'p' => Some(50),
+            _ => None,
+        }
+    }
+    let hex = t.starts_with("0x");
+    let before_b = t.strip_suffix('b').and_then(|x| x.chars().last());
+    // In hex, a trailing 'b' is a digit unless a unit letter precedes it ("0x1b" vs "0x10gb").
+    let (body, needs_unit) = if let Some(x) = t.strip_suffix("ib") {
+        (x, true)
+    } else if let Some(x) = t.strip_suffix('b').filter(|_| !hex || before_b.and_then(shift).is_some()) {
+        (x, hex)
+    } else {
+        (t, false)
+    };
+    match body.chars().last().and_then(|c| shift(c).map(|s| (c, s))) {
+        Some((c, s)) => Some((&body[..body.len() - c.len_utf8()], s)),
+        None if needs_unit => None,
+        None => Some((body, 0)),
+    }
 }
 
 /// One `--mem FILE@BASE` argument.
@@ -397,7 +434,34 @@ mod tests {
         assert_eq!(parse_number("0x1_0000", "x"), Ok(0x1_0000));
         assert_eq!(parse_number("2G", "x"), Ok(2 << 30));
         assert_eq!(parse_number("16k", "x"), Ok(16 << 10));
-        for bad in ["", "0x", "12z", "-1", "0xg", "99999999999999999999", "0xffffffffffffffffT", "M"] {
+        for (text, want) in [
+            ("2GiB", 2u64 << 30),
+            ("2GB", 2 << 30),
+            ("2 GiB", 2 << 30),
+            ("0x10G", 16 << 30),
+            ("512MiB", 512 << 20),
+            ("1T", 1 << 40),
+            ("1tb", 1 << 40),
+            ("4096B", 4096),
+            ("0x1b", 0x1b),
+            ("0x1bk", 0x1b << 10),
+        ] {
+            assert_eq!(parse_number(text, "x"), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "0x",
+            "12z",
+            "-1",
+            "0xg",
+            "99999999999999999999",
+            "0xffffffffffffffffT",
+            "M",
+            "GiB",
+            "2GiG",
+            "1.5G",
+            "+4",
+        ] {
             assert!(
                 matches!(parse_number(bad, "the base"), Err(SpecError::BadNumber { ref text, .. }) if text == bad),
                 "{bad:?}"
