@@ -11,6 +11,7 @@ mod convert;
 mod demo;
 mod inspect;
 mod kexec;
+mod live;
 mod memsrc;
 mod report;
 
