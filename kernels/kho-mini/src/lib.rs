@@ -19,6 +19,7 @@ pub mod error;
 pub mod flow;
 pub mod memory;
 pub mod payload;
+pub mod pvh;
 #[cfg(test)]
 mod testmem;
 #[cfg(test)]
