@@ -5,6 +5,8 @@
 #   kho-mini.bin      the flat image: offset 0x200 is the 64-bit entry (rsi = boot_params)
 #   kho-mini.bzImage  the flat image behind a bzImage setup header (protocol 2.15,
 #                     relocatable, XLF_KERNEL_64), so any bzImage loader starts it
+#                     (Linux's own kexec_file_load, `kexec -s`, included)
+#   kho-mini-tool     the host tool that packs the payload (next kernel, initrd, cmdline)
 # and checks with objdump that the entry points are where the header and the note say.
 # Output directory: $OUT (default: $CARGO_TARGET_DIR or kernels/kho-mini/target, + /kho-mini).
 set -euo pipefail
@@ -21,7 +23,9 @@ elf="$target_dir/x86_64-unknown-none/$profile/kho-mini"
 cp "$elf" "$out/kho-mini.elf"
 objcopy -O binary --set-section-flags .bss=alloc,load,contents "$elf" "$out/kho-mini.bin"
 size=$(stat -c %s "$out/kho-mini.bin")
-cargo run ${CARGO_LOCKED:+--locked} -q --bin kho-mini-tool -- wrap "$out/kho-mini.bin" "$size" "$out/kho-mini.bzImage"
+cargo build ${CARGO_LOCKED:+--locked} -q --bin kho-mini-tool
+cp "$target_dir/debug/kho-mini-tool" "$out/kho-mini-tool"
+"$out/kho-mini-tool" wrap "$out/kho-mini.bin" "$size" "$out/kho-mini.bzImage"
 
 sym() { nm "$elf" | awk -v s="$1" '$3 == s { print $1 }'; }
 fail() { echo "build.sh: $*" >&2; exit 1; }

@@ -157,6 +157,13 @@ common64:
     or rax, 3
     mov [rip + kmini_pml4], rax
     lea rax, [rip + kmini_pml4]
+    mov rcx, cr4
+    bt rcx, 12
+    jnc 9f
+    or rax, 3
+    mov [rip + kmini_pml5], rax
+    lea rax, [rip + kmini_pml5]
+9:
     mov cr3, rax
     mov rdi, r15
     mov rsi, r14
@@ -194,6 +201,8 @@ kmini_gdt_ptr:
 
     .section .bss.kmini, "aw", @nobits
     .balign 4096
+kmini_pml5:
+    .zero 4096
 kmini_pml4:
     .zero 4096
 kmini_pdpt:
@@ -443,7 +452,8 @@ extern "C" fn kmain(info: u64, kind: u64, image_start: u64, image_end: u64) -> !
     load_idt();
     let out = &mut Serial;
     let how = if kind == KIND_PVH { "PVH start info" } else { "boot_params" };
-    let _ = writeln!(out, "kho-mini: started at {image_start:#x}-{image_end:#x}, {how} at {info:#x}");
+    // A newline first: firmware may have left a partial line on the console.
+    let _ = writeln!(out, "\nkho-mini: started at {image_start:#x}-{image_end:#x}, {how} at {info:#x}");
     let image = PhysRange::from_bounds(PhysAddr::new(image_start), PhysAddr::new(image_end))
         .unwrap_or_else(|| fail("bad image bounds", &image_end));
     let all = [PhysRange::from_bounds(PhysAddr::new(0), PhysAddr::new(MAP_LIMIT)).expect("window")];

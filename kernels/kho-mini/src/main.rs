@@ -8,7 +8,8 @@
 //!   bzImage: identity map, flat GDT, interrupts off).
 //!
 //! Both then: load this kernel's GDT and exception IDT, apply the image's own relative
-//! relocations, identity-map the first 64 GiB with 2 MiB pages, and call [`kmain`].
+//! relocations, identity-map the first 64 GiB with 2 MiB pages (under a 5-level root when
+//! CR4.LA57 is on), and call `kmain`.
 //!
 //! Every `unsafe` block is in this file and carries a `// SAFETY:` line.
 
