@@ -10,8 +10,11 @@
 //!   `--setup-data` points to.
 //!
 //! With no input at all, on a live Linux host: `/sys/kernel/debug/kho/out/fdt` (what the next
-//! kexec would hand over; `in/fdt` if there is no `out/`), the scratch files next to it, and
-//! `/proc/kcore` for memory. That needs root and a mounted debugfs.
+//! kexec would hand over; `in/fdt` if there is no `out/`, or with `--incoming`), the scratch
+//! files next to it, and `/proc/kcore` for memory (`--dev-mem` alone keeps these defaults and
+//! reads `/dev/mem` instead). That needs root and a mounted debugfs. A root FDT cut short (Linux
+//! 7.3's debugfs file keeps the size the FDT had at KHO init) is completed from memory: see
+//! [`crate::live`]. An incoming handover is reported as consumed by the running kernel.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +29,7 @@ use kho_core::{
     PhysRead,
 };
 
+use crate::live;
 use crate::memsrc::{self, MemSource, MemSpec};
 use crate::report::{self, BlockEntry, OrderCount, Problem, Range, Report, Totals};
 
@@ -46,9 +50,15 @@ pub struct InputArgs {
     /// Memory from an ELF core: QEMU dump-guest-memory, /proc/vmcore or /proc/kcore.
     #[arg(long, value_name = "FILE", conflicts_with = "dev_mem")]
     pub elf: Option<PathBuf>,
-    /// Memory from /dev/mem (RAM ranges from /proc/iomem; needs root).
+    /// Memory from /dev/mem (RAM ranges from /proc/iomem; needs root). Alone, it keeps the
+    /// live defaults (debugfs FDT and scratch files) and replaces /proc/kcore.
     #[arg(long)]
     pub dev_mem: bool,
+    /// Live mode: the handover this kernel was booted with (debugfs kho/in/fdt) instead of
+    /// the one the next kexec would pass (kho/out/fdt). Linux has consumed it by the time
+    /// user space runs: the FDT, scratch areas and blobs are checked, the memory map is not.
+    #[arg(long, conflicts_with_all = ["fdt", "setup_data", "scratch_phys"])]
+    pub incoming: bool,
     /// A raw memory image whose first byte is physical address BASE (hex with 0x, or
     /// decimal). Repeatable; a .zst file is decompressed.
     #[arg(long = "mem", value_name = "FILE@BASE")]
@@ -125,7 +135,14 @@ pub fn run(a: InspectArgs, mode: Mode) -> anyhow::Result<ExitCode> {
 /// The short text `kho validate` prints.
 fn validate_text(r: &Report) -> String {
     let what = r.format.as_deref().map_or_else(|| "handover".to_string(), |f| format!("{f} handover"));
-    let mut s = if r.valid {
+    let mut s = if r.valid && r.consumed {
+        format!(
+            "{}\n  ({what}, {} sub-blob(s), {} scratch area(s))\n",
+            live::CONSUMED_MESSAGE,
+            r.subtrees.len(),
+            r.scratch.len()
+        )
+    } else if r.valid {
         format!(
             "valid: {what}, {} preserved block(s), {} bytes in {} range(s), {} sub-blob(s)\n",
             r.totals.blocks,
@@ -164,6 +181,9 @@ pub struct Loaded {
     pub problems: Vec<Problem>,
     /// Remarks.
     pub notes: Vec<String>,
+    /// The running kernel has consumed this handover (live `kho/in`): its memory map and the
+    /// memory its blobs point to are no longer there to check.
+    pub consumed: bool,
 }
 
 /// The engine configuration the arguments ask for, over `ram`.
@@ -264,17 +284,38 @@ fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Resul
 /// # Errors
 /// Unreadable files, inconsistent arguments.
 pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
+    let only_dev_mem = a.dev_mem && a.elf.is_none() && a.mem.is_empty();
     let has_memory = a.elf.is_some() || a.dev_mem || !a.mem.is_empty();
-    let live = a.fdt.is_none() && a.setup_data.is_none() && !has_memory && a.scratch_phys.is_none();
+    let live = a.fdt.is_none()
+        && a.setup_data.is_none()
+        && a.scratch_phys.is_none()
+        && (!has_memory || only_dev_mem || a.incoming);
+    if a.incoming && !live {
+        bail!("--incoming reads this host's debugfs kho/in: it cannot be combined with --fdt or --setup-data");
+    }
     let mut notes = Vec::new();
+    let mut consumed = false;
     let (fdt_path, scratch_files) = if live {
         let base = Path::new(DEBUGFS_KHO);
         let out = base.join("out/fdt");
         let inp = base.join("in/fdt");
-        let fdt = if out.exists() {
+        let fdt = if a.incoming {
+            if !inp.exists() {
+                bail!(
+                    "--incoming: {} does not exist (this kernel was not booted with a KHO handover, or its consumers are done with it)",
+                    inp.display()
+                );
+            }
+            consumed = true;
+            inp
+        } else if out.exists() {
+            if inp.exists() {
+                notes.push("this kernel was booted with a KHO handover: `kho inspect --incoming` reports it".into());
+            }
             out
         } else if inp.exists() {
-            notes.push("live mode: no kho/out/fdt, inspecting the incoming kho/in/fdt (its metadata may have been reused already)".into());
+            notes.push("live mode: no kho/out/fdt, inspecting the incoming kho/in/fdt".into());
+            consumed = true;
             inp
         } else {
             bail!(
@@ -312,7 +353,7 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
     };
     let fdt_phys = a.fdt_phys.map(PhysAddr::new).or(ptr.map(|p| p.fdt));
 
-    let (fdt, fdt_origin) = match (&fdt_path, &ptr) {
+    let (mut fdt, mut fdt_origin) = match (&fdt_path, &ptr) {
         (Some(path), _) => (Some(read_file(path, "root FDT")?), path.display().to_string()),
         (None, Some(ptr)) => match fdt_from_memory(&mem, ptr, &limits) {
             Ok(b) => (Some(b), format!("memory at {}", ptr.fdt)),
@@ -339,10 +380,48 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
         notes.push("no scratch areas given (--scratch-phys/--scratch-len or --setup-data): the scratch-overlap checks were skipped".into());
         (Vec::new(), "none".to_string())
     };
-    if fdt_phys.is_none() {
+    let mut fdt_phys = fdt_phys;
+    if let Some(total) = fdt.as_deref().and_then(live::truncated_totalsize) {
+        let prefix = fdt.take().unwrap_or_default();
+        let have = prefix.len();
+        match live::find_full_fdt(
+            &prefix,
+            &mem,
+            &mem.ram(),
+            &scratch,
+            limits,
+            BitmapBytes::from_bytes(a.v1_bitmap_bytes).unwrap_or_default(),
+        ) {
+            Ok(found) if fdt_phys.is_none_or(|p| p == found.phys) => {
+                notes.push(format!(
+                    "{fdt_origin} holds {have} of the FDT's {total} bytes (Linux sizes the debugfs file at KHO init; \
+                     subtrees added later grow the FDT); the full FDT was read from memory at {}, a preserved block",
+                    found.phys
+                ));
+                fdt_origin = format!("{fdt_origin} ({have} of {total} bytes) + memory at {}", found.phys);
+                fdt_phys = Some(found.phys);
+                fdt = Some(found.bytes);
+            }
+            Ok(found) => {
+                notes.push(format!(
+                    "{fdt_origin} is cut short ({have} of {total} bytes); its full copy is in memory at {}, not at the given {}",
+                    found.phys,
+                    fdt_phys.unwrap_or(PhysAddr::new(0))
+                ));
+                fdt = Some(prefix);
+            }
+            Err(why) => {
+                notes.push(format!(
+                    "{fdt_origin} is cut short ({have} of {total} bytes) and the full FDT was not found in memory: {why}"
+                ));
+                fdt = Some(prefix);
+            }
+        }
+    }
+    if fdt_phys.is_none() && !consumed {
         notes.push("root FDT address unknown (give --fdt-phys or --setup-data): messages show it as 0x0".into());
     }
-    Ok(Loaded { mem, fdt, fdt_phys, fdt_origin, scratch, scratch_origin, problems, notes })
+    Ok(Loaded { mem, fdt, fdt_phys, fdt_origin, scratch, scratch_origin, problems, notes, consumed })
 }
 
 /// The outcome of the checks: the report, and the handover when it is valid.
@@ -390,6 +469,10 @@ pub fn analyze(l: &Loaded, a: &InputArgs) -> Analysis {
     let r = &mut out.report;
     r.root_fdt.size =
         fdt.get(4..8).map_or(fdt.len() as u64, |b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])));
+    if l.consumed {
+        analyze_consumed(l, fdt, fdt_phys, &cfg, &mut out);
+        return out;
+    }
 
     let v = Handover::validate_fdt(&l.mem, fdt, fdt_phys, &l.scratch, &cfg);
     r.problems.extend(v.problems.iter().map(Problem::from_error));
@@ -442,6 +525,7 @@ pub fn analyze(l: &Loaded, a: &InputArgs) -> Analysis {
         preserved: &preserved,
         ranges: &ranges,
         check_preserved: walk_complete,
+        follow: true,
     };
     for s in &subtrees {
         let (entry, problems) = decode_subtree(&bctx, s);
@@ -459,6 +543,65 @@ pub fn analyze(l: &Loaded, a: &InputArgs) -> Analysis {
     out.preserved = preserved;
     out.subtrees = subtrees;
     out
+}
+
+/// A handover the running kernel has consumed (live `kho/in`): the memory map's pages are
+/// freed and the blobs' memory restored, so only the root FDT, the scratch areas and the
+/// blobs themselves are checked. Valid when those pass.
+fn analyze_consumed(l: &Loaded, fdt: &[u8], fdt_phys: PhysAddr, cfg: &IncomingConfig, out: &mut Analysis) {
+    let r = &mut out.report;
+    r.consumed = true;
+    let ram = &cfg.ram;
+    let mut scratch = l.scratch.clone();
+    scratch.sort_unstable();
+    for (i, s) in scratch.iter().enumerate() {
+        if let Err(e) = kho_core::format::check_in_ram(ram, Field::ScratchEntry, s.start(), *s) {
+            r.problems.push(Problem::from_error(&e));
+        }
+        if let Some(next) = scratch.get(i + 1)
+            && next.overlaps(*s)
+        {
+            r.problems.push(Problem::new("value", format!("scratch areas {s} and {next} overlap")));
+        }
+    }
+    let root = match root::parse(fdt, fdt_phys, &cfg.limits) {
+        Ok(root) => root,
+        Err(e) => {
+            r.problems.push(Problem::from_error(&e));
+            r.valid = false;
+            return;
+        }
+    };
+    r.format = Some(root.version.compatible().to_string());
+    r.root_fdt.memory_map = Some(root.memory_map.as_u64());
+    out.format = Some(root.version);
+    let subtrees: Vec<Subtree> =
+        root.subtrees.iter().cloned().map(|s| resolve_v1_size(&l.mem, root.version, s)).collect();
+    let empty = BlockSet::new();
+    let bctx = blobs::Ctx {
+        mem: &l.mem,
+        ram,
+        scratch: &scratch,
+        limits: cfg.limits,
+        preserved: &empty,
+        ranges: &[],
+        check_preserved: false,
+        follow: false,
+    };
+    for s in &subtrees {
+        if let Some(range) = s.size.and_then(|n| PhysRange::new(s.phys, n)) {
+            let placed = kho_core::format::check_in_ram(ram, Field::Blob, s.phys, range)
+                .and_then(|()| kho_core::format::check_not_in_scratch(&scratch, Field::Blob, s.phys, range));
+            if let Err(e) = placed {
+                r.problems.push(Problem::new("blob", format!("sub-blob {:?}: {e}", s.name)));
+            }
+        }
+        let (entry, problems) = decode_subtree(&bctx, s);
+        r.subtrees.push(entry);
+        r.problems.extend(problems);
+    }
+    r.valid = r.problems.is_empty();
+    out.subtrees = subtrees;
 }
 
 /// A kho-v1 sub-blob's size is its FDT's `totalsize`.
@@ -547,6 +690,9 @@ mod blobs {
         /// False when the preserved set is partial: "is it preserved" checks would only
         /// repeat the structural problem.
         pub check_preserved: bool,
+        /// False when the memory blobs point to is gone (a consumed handover): blobs are
+        /// decoded, pointers out of them are shown but not followed.
+        pub follow: bool,
     }
 
     /// One decoded blob.
@@ -633,9 +779,6 @@ mod blobs {
             Ok(t) => t,
             Err(e) => return Decoded::err("test_kho", &e),
         };
-        let mut ctx = WalkContext::new(c.mem, c.ram, c.scratch, c.limits);
-        let area = vmalloc::decode_chain(&mut ctx, &t.folios_info, at);
-        let folios = test_kho::decode_folios(&mut ctx, &t, at);
         let mut problems = Vec::new();
         let info = json!({
             "first": t.folios_info.first.as_u64(),
@@ -650,6 +793,12 @@ mod blobs {
             "csum": t.csum,
             "folios_info": info,
         });
+        if !c.follow {
+            return Decoded::ok("test_kho", v, problems);
+        }
+        let mut ctx = WalkContext::new(c.mem, c.ram, c.scratch, c.limits);
+        let area = vmalloc::decode_chain(&mut ctx, &t.folios_info, at);
+        let folios = test_kho::decode_folios(&mut ctx, &t, at);
         if let Ok(area) = &area {
             let order = Order::new(u32::from(t.folios_info.order)).unwrap_or(Order::ZERO);
             let chunk_blocks = area.chunk_pages.iter().filter_map(|&p| Block::at(p, Order::ZERO));

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod convert;
 mod demo;
 mod inspect;
+mod live;
 mod memsrc;
 mod report;
 

@@ -24,6 +24,10 @@ pub struct Report {
     pub max_order: u32,
     /// True when every check passed.
     pub valid: bool,
+    /// True for a handover the running kernel has already consumed (live `kho/in`): only the
+    /// root FDT, the scratch areas and the blobs were checked; the memory map was not (its
+    /// pages are freed at boot), so `preserved`, `ranges` and `orders` are empty.
+    pub consumed: bool,
     /// Where the inputs came from.
     pub inputs: Inputs,
     /// The root FDT.
@@ -256,14 +260,18 @@ impl Report {
         }
 
         let t = &self.totals;
-        let _ = writeln!(
-            o,
-            "\npreserved: {} block(s), {} ({} pages) in {} range(s)",
-            t.blocks,
-            size(t.bytes),
-            t.pages,
-            t.ranges
-        );
+        if self.consumed {
+            let _ = writeln!(o, "\npreserved: not checkable after boot (the memory map's pages are freed)");
+        } else {
+            let _ = writeln!(
+                o,
+                "\npreserved: {} block(s), {} ({} pages) in {} range(s)",
+                t.blocks,
+                size(t.bytes),
+                t.pages,
+                t.ranges
+            );
+        }
         for c in &self.orders {
             let over = if c.order > self.max_order { "  (above max order)" } else { "" };
             let _ = writeln!(o, "  order {:>2}: {:>8} block(s)  {:>10}{over}", c.order, c.count, size(c.bytes));
@@ -277,7 +285,9 @@ impl Report {
         for n in &self.notes {
             let _ = writeln!(o, "note: {n}");
         }
-        if self.problems.is_empty() {
+        if self.problems.is_empty() && self.consumed {
+            let _ = writeln!(o, "\n{}", crate::live::CONSUMED_MESSAGE);
+        } else if self.problems.is_empty() {
             let _ = writeln!(o, "\nvalid: every check passed");
         } else {
             let _ = writeln!(o, "\nINVALID: {} problem(s)", self.problems.len());
