@@ -29,10 +29,10 @@ use kho_core::{
 
 use crate::bootparams::{self, BOOT_PARAMS_BYTES, BootInfo, NextBoot, SetupData};
 use crate::bzimage::{BzImage, ENTRY_64_OFFSET, MAX_SETUP_BYTES};
-use crate::csum::csum_partial;
 use crate::error::{MiniError, Result, bad};
 use crate::memory::{ALLOC_FLOOR, FreeMap, MiniPlatform, Zone};
 use crate::payload::{self, Payload};
+use kho_core::format::csum::csum_partial;
 
 /// What this kernel calls itself in the `kexec-metadata` blob it hands over.
 pub const RELEASE: &str = concat!("kho-mini-", env!("CARGO_PKG_VERSION"));

@@ -14,7 +14,6 @@ extern crate alloc;
 
 pub mod bootparams;
 pub mod bzimage;
-pub mod csum;
 pub mod error;
 pub mod flow;
 pub mod memory;
