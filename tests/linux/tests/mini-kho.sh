@@ -13,9 +13,13 @@
 #             whose KHO reports "exec from: kho-mini-<version> (count 2)".
 #  pvh        kho-mini started directly by QEMU (PVH entry): no handover, a cold boot; its
 #             own folios reach Linux, whose test_kho verifies them.
-#  refused    (needs `kho kexec`) Linux 1 hands kho-mini a corrupted handover (compatible
-#             "kho-v9"): kho-mini refuses it and reports a cold boot, then still hands its
-#             own folios to Linux 3, which verifies them.
+#  loader     `kho kexec` (kexec_load with a test_kho handover written by this project's
+#             engine) starts kho-mini: it verifies those folios and hands them on to Linux 3.
+#  refused    `kho kexec --corrupt unknown-compatible`: kho-mini refuses the handover
+#             (compatible "kho-v9") and reports a cold boot, then still hands its own folios
+#             to Linux 3, which verifies them.
+#  checksum   `kho kexec --corrupt checksum`: the handover is valid but test_kho's checksum
+#             is off: kho-mini reports "KHO restore FAILED" naming the checksum.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "${KHO_LINUX_LIB:-$here/../lib.sh}"
@@ -47,9 +51,10 @@ if grep -q kho_mini_stage=3 /proc/cmdline; then
 fi
 echo "KHO-MINI: stage 1 (Linux before kho-mini)"
 dmesg | grep -E "KHO|test_kho"
-if [ -e /boot/corrupt ]; then
+if [ -e /boot/kho-kexec-args ]; then
+  # shellcheck disable=SC2046
   section kho-kexec kho kexec --kernel /boot/kho-mini.bzImage --initrd /boot/payload.bin --append kho-mini \
-    --handover test --corrupt "$(cat /boot/corrupt)"
+    --handover test $(cat /boot/kho-kexec-args)
 else
   section kexec-load kexec -s -l /boot/kho-mini.bzImage --initrd=/boot/payload.bin --append=kho-mini
 fi
@@ -67,7 +72,7 @@ stage1() { # OUT [EXTRA SRC:DST...]
   make_initramfs "$out" "$work/guest.sh" "$kho_bin:/bin/kho" "$kexec_bin:/sbin/kexec" \
     "$mini/kho-mini.bzImage:/boot/kho-mini.bzImage" "$work/payload.bin:/boot/payload.bin" "$@"
 }
-cases="${KHO_MINI_CASES:-roundtrip pvh refused}"
+cases="${KHO_MINI_CASES:-roundtrip pvh loader refused checksum}"
 
 for c in $cases; do
   log "--- case $c"
@@ -99,15 +104,35 @@ for c in $cases; do
     expect_line "$logf" "KHO: exec from: kho-mini-$version \(count 1\)" "Linux reads kho-mini's kexec-metadata"
     expect_line "$logf" "test_kho: KHO restore succeeded" "Linux verifies kho-mini's folios"
     ;;
+  loader)
+    echo "--seed 7" >"$work/args-loader"
+    stage1 "$work/stage1-loader.cpio" "$work/args-loader:/boot/kho-kexec-args"
+    boot_qemu "$kdir/bzImage" "$work/stage1-loader.cpio" "$append1" 240 "$logf" || die "QEMU: $?"
+    expect_line "$logf" "^kho-mini: handover kho-v4 valid" "kho-mini accepts kho kexec's handover"
+    expect_line "$logf" "^kho-mini: KHO restore verified [0-9]+ folios" "kho-mini verifies the loader's folios"
+    n="$(grep -Eo "^kho-mini: KHO restore verified [0-9]+" "$logf" | grep -Eo "[0-9]+$")"
+    expect_line "$logf" "^kho-mini: outgoing kho-v4 handover: .* $((n + 6)) folios in kho_test" "kho-mini hands over $n + 6 folios"
+    expect_line "$logf" "KHO: exec from: kho-mini-$version \(count 2\)" "Linux 3 reads kho-mini's kexec-metadata"
+    expect_line "$logf" "test_kho: KHO restore succeeded" "Linux 3 verifies all $((n + 6)) folios"
+    ;;
   refused)
-    echo unknown-compatible >"$work/corrupt"
-    stage1 "$work/stage1-corrupt.cpio" "$work/corrupt:/boot/corrupt"
-    boot_qemu "$kdir/bzImage" "$work/stage1-corrupt.cpio" "$append1" 240 "$logf" || die "QEMU: $?"
+    echo "--corrupt unknown-compatible" >"$work/args-refused"
+    stage1 "$work/stage1-refused.cpio" "$work/args-refused:/boot/kho-kexec-args"
+    boot_qemu "$kdir/bzImage" "$work/stage1-refused.cpio" "$append1" 240 "$logf" || die "QEMU: $?"
     expect_line "$logf" "^kho-mini: handover refused: .*kho-v9.*; cold boot" "kho-mini refuses the corrupted handover"
     if grep -q "^kho-mini: KHO restore verified" "$logf"; then die "kho-mini restored from a refused handover"; fi
     expect_line "$logf" "^kho-mini: outgoing kho-v4 handover: .* 6 folios in kho_test" "kho-mini hands over its own 6 folios"
     expect_line "$logf" "KHO: exec from: kho-mini-$version \(count 1\)" "Linux 3 reads kho-mini's kexec-metadata"
     expect_line "$logf" "test_kho: KHO restore succeeded" "Linux 3 verifies kho-mini's folios"
+    ;;
+  checksum)
+    echo "--corrupt checksum" >"$work/args-checksum"
+    stage1 "$work/stage1-checksum.cpio" "$work/args-checksum:/boot/kho-kexec-args"
+    boot_qemu "$kdir/bzImage" "$work/stage1-checksum.cpio" "$append1" 240 "$logf" || die "QEMU: $?"
+    expect_line "$logf" "^kho-mini: handover kho-v4 valid" "the handover itself is valid"
+    expect_line "$logf" "^kho-mini: KHO restore FAILED: kho_test csum: found 0x[0-9a-f]+, expected 0x[0-9a-f]+" "kho-mini names the wrong checksum"
+    if grep -q "^kho-mini: KHO restore verified" "$logf"; then die "kho-mini verified a wrong checksum"; fi
+    expect_line "$logf" "test_kho: KHO restore succeeded" "Linux 3 still verifies kho-mini's own folios"
     ;;
   *) die "unknown case $c" ;;
   esac
