@@ -60,9 +60,13 @@ pub struct InputArgs {
     #[arg(long, conflicts_with_all = ["fdt", "setup_data", "scratch_phys"])]
     pub incoming: bool,
     /// A raw memory image whose first byte is physical address BASE (hex with 0x, or
-    /// decimal). Repeatable; a .zst file is decompressed.
+    /// decimal, K/M/G/T units). Repeatable; a .zst file is decompressed (see --zst-limit).
     #[arg(long = "mem", value_name = "FILE@BASE")]
     pub mem: Vec<MemSpec>,
+    /// Most bytes a .zst --mem image may decompress to; a larger one is refused (decompress
+    /// it once with `zstd -d`: raw images are read on demand).
+    #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
+    pub zst_limit: u64,
     /// debugfs scratch_phys: one 0x%llx address per line.
     #[arg(long, value_name = "FILE", requires = "scratch_len", conflicts_with = "setup_data")]
     pub scratch_phys: Option<PathBuf>,
@@ -76,7 +80,8 @@ pub struct InputArgs {
     pub setup_data: Option<PathBuf>,
     /// kho-v1 bitmap size to assume: 512 (Linux 6.16, 6.17) or 4096 (6.18). The format does
     /// not record it.
-    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_bitmap_bytes)]
+    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_bitmap_bytes,
+          visible_alias = "bitmap-bytes")]
     pub v1_bitmap_bytes: u64,
     /// The next kernel's maximum folio order.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=40))]
@@ -103,6 +108,10 @@ pub enum Mode {
     Validate,
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    memsrc::parse_number(s, "size").map_err(|e| e.to_string())
+}
+
 fn parse_addr(s: &str) -> Result<u64, String> {
     memsrc::parse_number(s, "address").map_err(|e| e.to_string())
 }
@@ -123,11 +132,14 @@ pub fn run(a: InspectArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     let analysis = analyze(&loaded, &a.input);
     let r = &analysis.report;
     if a.json {
-        println!("{}", r.to_json().context("writing JSON")?);
+        // Streamed to stdout as it is serialized: no second copy of the report in memory.
+        let mut w = crate::out::Stdout::new();
+        serde_json::to_writer_pretty(&mut w, r).context("writing JSON")?;
+        std::io::Write::write_all(&mut w, b"\n").context("writing JSON")?;
     } else if mode == Mode::Validate {
-        print!("{}", validate_text(r));
+        crate::outp!("{}", validate_text(r));
     } else {
-        print!("{}", r.to_text());
+        crate::outp!("{}", r.to_text());
     }
     Ok(if r.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -240,8 +252,9 @@ fn open_memory(a: &InputArgs, live: bool) -> anyhow::Result<MemSource> {
     if a.dev_mem {
         mem.merge(memsrc::devmem::open(Path::new("/dev/mem"), Path::new("/proc/iomem"))?)?;
     }
+    let zst = memsrc::raw::ZstLimits { max_bytes: a.zst_limit, ..memsrc::raw::ZstLimits::default() };
     for spec in &a.mem {
-        mem.merge(memsrc::raw::open(spec)?)?;
+        mem.merge(memsrc::raw::open_with(spec, &zst)?)?;
     }
     if mem.segment_count() == 0 {
         if live {
@@ -253,6 +266,25 @@ fn open_memory(a: &InputArgs, live: bool) -> anyhow::Result<MemSource> {
         }
     }
     Ok(mem)
+}
+
+/// Decodes a `--setup-data` file: exactly the 32-byte `kho_data` payload (as
+/// `/sys/kernel/boot_params/setup_data/N/data` shows it), or a whole 48-byte `setup_data`
+/// node of type 10. Any other size is a usage error (exit 2), not a handover problem: the file
+/// is not what the flag asks for.
+fn setup_data_file(p: &Path, bytes: &[u8]) -> anyhow::Result<HandoverPtr> {
+    use kho_core::format::handover_ptr::KHO_DATA_BYTES;
+    let ptr = match bytes.len() {
+        KHO_DATA_BYTES => HandoverPtr::from_setup_data_payload(bytes, PhysAddr::new(0)),
+        n if n == KHO_DATA_BYTES + 16 => HandoverPtr::from_setup_data_node(bytes, PhysAddr::new(0)).map(|(p, _)| p),
+        n => bail!(
+            "--setup-data {}: {n} bytes; expected the {KHO_DATA_BYTES}-byte kho_data payload (or a {}-byte \
+             setup_data node of type 10)",
+            p.display(),
+            KHO_DATA_BYTES + 16
+        ),
+    };
+    ptr.with_context(|| format!("--setup-data {}", p.display()))
 }
 
 /// Reads the root FDT at the setup_data address: header, then `totalsize` bytes, which
@@ -353,13 +385,7 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
     let ptr = match a.setup_data.as_ref().or(auto_setup_data.as_ref()) {
         Some(p) => {
             let bytes = read_file(p, "setup_data payload")?;
-            match HandoverPtr::from_setup_data_payload(&bytes, PhysAddr::new(0)) {
-                Ok(ptr) => Some(ptr),
-                Err(e) => {
-                    problems.push(Problem::new("value", format!("{}: {e}", p.display())));
-                    None
-                }
-            }
+            Some(setup_data_file(p, &bytes)?)
         }
         None => None,
     };

@@ -13,6 +13,8 @@ mod inspect;
 mod kexec;
 mod live;
 mod memsrc;
+#[macro_use]
+mod out;
 mod report;
 
 /// Kexec HandOver (KHO): keep memory intact across kexec, and check that it will be.
@@ -87,11 +89,13 @@ fn main() -> ExitCode {
         Command::Kexec(a) => kexec::run(a),
         Command::Kernel(a) => demo::kernel(a),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kho: error: {e:#}");
+            errln!("kho: error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    out::flush();
+    code
 }

@@ -29,10 +29,10 @@ use kho_core::{
 
 use crate::bootparams::{self, BOOT_PARAMS_BYTES, BootInfo, NextBoot, SetupData};
 use crate::bzimage::{BzImage, ENTRY_64_OFFSET, MAX_SETUP_BYTES};
-use crate::csum::csum_partial;
 use crate::error::{MiniError, Result, bad};
 use crate::memory::{ALLOC_FLOOR, FreeMap, MiniPlatform, Zone};
 use crate::payload::{self, Payload};
+use kho_core::format::csum::csum_partial;
 
 /// What this kernel calls itself in the `kexec-metadata` blob it hands over.
 pub const RELEASE: &str = concat!("kho-mini-", env!("CARGO_PKG_VERSION"));
@@ -85,6 +85,20 @@ impl Probe {
     pub fn new<M: PhysRead + ?Sized>(mem: &M, bp_phys: PhysAddr, image: PhysRange) -> Result<Self> {
         let mut bp = Box::new([0u8; BOOT_PARAMS_BYTES]);
         mem.read_phys(bp_phys, &mut bp[..]).map_err(|err| MiniError::Unreadable { what: "boot_params", err })?;
+        Self::from_bytes(mem, bp_phys, bp, image)
+    }
+
+    /// As [`Probe::new`] with boot_params already read (or built, for a PVH boot: then
+    /// `bp_phys` is 0 and no memory holds them).
+    ///
+    /// # Errors
+    /// As [`Probe::new`].
+    pub fn from_bytes<M: PhysRead + ?Sized>(
+        mem: &M,
+        bp_phys: PhysAddr,
+        bp: Box<[u8; BOOT_PARAMS_BYTES]>,
+        image: PhysRange,
+    ) -> Result<Self> {
         let info = BootInfo::parse(&bp, bp_phys)?;
         let ram = info.ram();
         let chain = bootparams::walk_setup_data(mem, info.setup_data)?;
@@ -98,7 +112,9 @@ impl Probe {
         };
         used.extend(page(PhysAddr::new(0), ALLOC_FLOOR.min(1 << 20)).map(|r| ("first MiB", r)));
         used.extend(page(image.start(), image.len()).map(|r| ("kho-mini image", r)));
-        used.extend(page(bp_phys, BOOT_PARAMS_BYTES as u64).map(|r| ("boot_params", r)));
+        if !bp_phys.is_null() {
+            used.extend(page(bp_phys, BOOT_PARAMS_BYTES as u64).map(|r| ("boot_params", r)));
+        }
         if !info.cmdline.is_null() {
             used.extend(page(info.cmdline, cmd.len() as u64 + 1).map(|r| ("command line", r)));
         }

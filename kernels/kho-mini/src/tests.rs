@@ -12,10 +12,10 @@ use kho_core::format::{FormatVersion, vmalloc};
 use kho_core::{Block, Kho, Order, OutgoingConfig, PAGE_SIZE, PhysAddr, PhysRange, PhysWrite};
 
 use crate::bootparams::{self, BOOT_PARAMS_BYTES, put32, put64};
-use crate::csum::csum_partial;
 use crate::flow::{self, Probe, Verdict};
 use crate::memory::{FreeMap, MiniPlatform};
 use crate::testmem::TestMem;
+use kho_core::format::csum::csum_partial;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
