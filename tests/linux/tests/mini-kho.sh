@@ -30,7 +30,7 @@ kho_bin="$(build_kho)"
 kexec_bin="$(command -v kexec)" || die "kexec-tools missing: run tests/linux/install-deps.sh"
 work="$(mktemp -d /tmp/kho-mini.XXXXXX)"
 log "work directory: $work"
-OUT="$work/mini" bash "$repo/kernels/kho-mini/build.sh" >&2 || die "kho-mini build failed"
+OUT="$work/mini" CARGO_LOCKED=1 bash "$repo/kernels/kho-mini/build.sh" >&2 || die "kho-mini build failed"
 mini="$work/mini"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/kernels/kho-mini/Cargo.toml" | head -1)"
 
