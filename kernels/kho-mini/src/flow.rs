@@ -40,6 +40,10 @@ pub const RELEASE: &str = concat!("kho-mini-", env!("CARGO_PKG_VERSION"));
 pub const KEXEC_METADATA: &str = "kexec-metadata";
 /// Folios of its own the mini kernel preserves, by order.
 pub const OWN_FOLIO_ORDERS: [u32; 6] = [0, 1, 2, 3, 0, 4];
+/// Largest `kho_test` blob and `folios_info` array the mini kernel reads (its heap is tens
+/// of MiB; test_kho's blob is one page and its array 8 bytes per folio, so 1 MiB is 128k
+/// folios). Larger claims are refused with a typed error instead of exhausting the heap.
+pub const MINI_BLOB_LIMIT: u64 = 1 << 20;
 /// Scratch areas invented on a cold boot are aligned to 4 MiB, as Linux 7.3 aligns its own.
 pub const SCRATCH_ALIGN: u64 = 4 << 20;
 /// Largest scratch area invented on a cold boot.
@@ -211,9 +215,9 @@ fn check_test_blob<M: PhysWrite>(
     blob_at: PhysAddr,
     size: u64,
 ) -> Result<(Vec<Block>, u32, u64)> {
-    let limits = Limits::default();
+    let limits = Limits { max_blob_bytes: MINI_BLOB_LIMIT, ..Limits::default() };
     if size > limits.max_blob_bytes {
-        return Err(bad("kho_test blob-size", blob_at.as_u64(), size, "a blob within the engine's limit"));
+        return Err(bad("kho_test blob-size", blob_at.as_u64(), size, "a blob of at most 1 MiB"));
     }
     let blob = read_vec(plat.mem(), "kho_test blob", blob_at, size as usize)?;
     let t = TestKho::parse(&blob, blob_at)?;
@@ -300,6 +304,11 @@ pub fn restore<M: PhysWrite, W: Write>(plat: &mut MiniPlatform<M>, probe: &Probe
     for &(what, u) in probe.used.iter().filter(|(w, _)| *w != "KHO root FDT") {
         if let Some(p) = h.reserved_ranges().iter().find(|p| p.overlaps(u)) {
             let _ = writeln!(out, "kho-mini: WARNING: {what} {u} overlaps preserved memory {p}");
+        }
+    }
+    for &(what, u) in probe.used.iter().filter(|(w, _)| matches!(*w, "kho-mini image" | "initrd (payload)")) {
+        if !h.scratch().iter().any(|s| s.contains_range(u)) {
+            let _ = writeln!(out, "kho-mini: WARNING: {what} {u} is not inside a scratch area");
         }
     }
     h.reserve(plat);

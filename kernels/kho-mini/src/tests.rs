@@ -243,3 +243,23 @@ fn a_missing_payload_is_an_error_not_a_panic() {
     let e = flow::run(&mem, &probe, &mut log).unwrap_err();
     assert!(alloc::format!("{e}").contains("a payload (initrd)"), "{e}");
 }
+
+#[test]
+fn a_huge_folio_count_is_refused_not_allocated() {
+    let mem = TestMem::new(&[(0, 0x9f000), (MIB, GIB - MIB)]);
+    let (ptr, _, _) = linux_side(&mem);
+    // Rewrite the kho_test blob with nr_folios = 2^31: 16 GiB of folios_info.
+    let h = kho_core::Handover::parse(&mem, &ptr, &kho_core::IncomingConfig::new(ram())).unwrap();
+    let s = h.subtree(test_kho::SUBTREE_NAME).unwrap().clone();
+    let blob = mem.read(s.phys.as_u64(), s.size.unwrap() as usize);
+    let mut t = TestKho::parse(&blob, s.phys).unwrap();
+    t.nr_folios = 1 << 31;
+    let big = t.to_blob().unwrap();
+    assert_eq!(big.len(), blob.len());
+    mem.write(s.phys.as_u64(), &big);
+    loader_side(&mem, Some(ptr));
+    let (_, log, first) = boot(&mem, BP, IMAGE);
+    assert!(matches!(first.verdict, Verdict::Failed(crate::MiniError::Kho(_))), "{log}");
+    assert!(log.contains("kho-mini: KHO restore FAILED: "), "{log}");
+    assert!(!log.contains("WARNING"), "{log}");
+}
