@@ -111,7 +111,7 @@ impl Probe {
         let mut used: Vec<(&'static str, PhysRange)> = Vec::new();
         let page = |a: PhysAddr, len: u64| {
             let start = a.as_u64() & !(PAGE_SIZE - 1);
-            let end = (a.as_u64().saturating_add(len.max(1))).next_multiple_of(PAGE_SIZE);
+            let end = a.as_u64().checked_add(len.max(1))?.checked_next_multiple_of(PAGE_SIZE)?;
             PhysRange::from_bounds(PhysAddr::new(start), PhysAddr::new(end))
         };
         used.extend(page(PhysAddr::new(0), ALLOC_FLOOR.min(1 << 20)).map(|r| ("first MiB", r)));
@@ -545,11 +545,15 @@ pub fn prepare_next<M: PhysWrite, W: Write>(
 ) -> Result<Jump> {
     let pay = probe.info.initrd.ok_or_else(|| bad("boot_params.hdr.ramdisk_image", 0, 0, "a payload (initrd)"))?;
     let base = pay.start().as_u64();
+    if !probe.ram.iter().any(|r| r.contains_range(pay)) {
+        return Err(bad("boot_params.hdr.ramdisk_size", base, pay.len(), "a payload (initrd) inside one RAM range"));
+    }
     let hdr = read_vec(plat, "payload", pay.start(), payload::HEADER_BYTES.min(pay.len() as usize))?;
     let p = Payload::parse(&hdr, pay.len(), base)?;
     let head_len = p.kernel.1.min(MAX_SETUP_BYTES as u64) as usize;
     let head = read_vec(plat, "payload kernel", PhysAddr::new(base + p.kernel.0), head_len)?;
     let bz = BzImage::parse(&head, p.kernel.1)?;
+    // Both are below the payload's length, itself inside RAM: no overflow.
     let size = bz.init_size.next_multiple_of(PAGE_SIZE);
     let align = bz.alignment.max(PAGE_SIZE);
     let kernel = if bz.relocatable {
@@ -563,7 +567,7 @@ pub fn prepare_next<M: PhysWrite, W: Write>(
     let initrd = if p.initrd.1 == 0 {
         None
     } else {
-        let len = p.initrd.1.next_multiple_of(PAGE_SIZE);
+        let len = p.initrd.1.next_multiple_of(PAGE_SIZE); // inside the payload, inside RAM
         let r = plat.alloc_anywhere(len, PAGE_SIZE).ok_or(MiniError::NoRoom {
             what: "next initrd",
             size: len,
