@@ -62,7 +62,8 @@ fn encoder_writes_the_worked_example_bytes() {
     // placement, which our allocator reproduces when preserving in ascending order.
     let ram = ram();
     let plat = TestPlatform::new(&ram, PhysRange::new(PhysAddr::new(0x10_0000), 0x10_0000).unwrap());
-    let mut cfg = OutgoingConfig::new(ram.clone(), vec![]);
+    let scratch = PhysRange::new(PhysAddr::new(0x1_fff0_0000), 0x10_0000).unwrap();
+    let mut cfg = OutgoingConfig::new(ram.clone(), vec![scratch]);
     cfg.max_order = Order::new(18).unwrap();
     let kho = Kho::new(&plat, cfg).unwrap();
     let mut by_order: Vec<(u64, u32)> = expected_blocks().into_iter().collect();

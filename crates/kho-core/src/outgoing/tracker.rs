@@ -203,11 +203,8 @@ impl Tracker {
         Ok(page)
     }
 
-    fn free_slot<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) -> Result<(), OutgoingError> {
-        let zero = [0u8; 512];
-        for off in (0..self.bitmap.bytes()).step_by(512) {
-            plat.write_phys(PhysAddr::new(slot.as_u64() + off), &zero).map_err(platform_err)?;
-        }
+    /// Returns an all-zero slot to the free list (its page to the platform when unused).
+    fn release_slot<P: MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) {
         let page = slot.as_u64() & !(PAGE_SIZE - 1);
         let used = self.page_use.get_mut(&page).expect("slot belongs to a tracked page");
         *used -= 1;
@@ -218,7 +215,6 @@ impl Tracker {
         } else {
             self.free_slots.push(slot);
         }
-        Ok(())
     }
 
     /// Sets a block's bit (the caller checked overlap and bounds).
@@ -229,21 +225,26 @@ impl Tracker {
         block: Block,
     ) -> Result<(), OutgoingError> {
         let (index, off, mask) = self.locate(block);
-        let bm = match self.slot(block.order(), index) {
-            Some(bm) => bm,
-            None => {
-                let bm = self.alloc_slot(plat, scratch)?;
-                let o = block.order().as_u32() as usize;
-                if let Some(units) = self.orders.get_mut(o) {
-                    units.insert(index, bm);
-                    self.present |= 1 << o;
-                }
-                bm
-            }
+        let (bm, fresh) = match self.slot(block.order(), index) {
+            Some(bm) => (bm, false),
+            None => (self.alloc_slot(plat, scratch)?, true),
         };
         let addr = PhysAddr::new(bm.as_u64() + off);
-        let w = plat.read_u64(addr).map_err(platform_err)?;
-        plat.write_u64(addr, w | mask).map_err(platform_err)?;
+        let set = plat.read_u64(addr).and_then(|w| plat.write_u64(addr, w | mask));
+        if let Err(e) = set {
+            if fresh {
+                // The slot is still all zero: give it back without writing to it.
+                self.release_slot(plat, bm);
+            }
+            return Err(platform_err(e));
+        }
+        if fresh {
+            let o = block.order().as_u32() as usize;
+            if let Some(units) = self.orders.get_mut(o) {
+                units.insert(index, bm);
+                self.present |= 1 << o;
+            }
+        }
         self.blocks += 1;
         self.bytes += block.order().bytes();
         Ok(())
@@ -273,7 +274,8 @@ impl Tracker {
                     self.present &= !(1 << o);
                 }
             }
-            self.free_slot(plat, bm)?;
+            // Checked all zero above: no write needed to recycle it.
+            self.release_slot(plat, bm);
         }
         Ok(true)
     }
