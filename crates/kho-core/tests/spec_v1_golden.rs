@@ -8,7 +8,7 @@ use kho_core::format::{BitmapBytes, FormatVersion, Limits, WalkContext, v1};
 use kho_core::testing::{SparseMem, TestPlatform};
 use kho_core::{Block, BlockSet, Kho, Order, OutgoingConfig, PhysAddr, PhysRange, PhysRead};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/spec-examples/v1-small");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/spec-examples/v1-small");
 
 fn expected_blocks() -> BTreeSet<(u64, u32)> {
     let json = std::fs::read_to_string(format!("{DIR}/expected.json")).unwrap();
