@@ -288,4 +288,27 @@ pub(crate) mod tests {
             let _ = BzImage::parse(&f);
         }
     }
+
+    #[test]
+    fn random_mutations_never_panic_and_accepted_images_are_consistent() {
+        let good = image(8, 20_000);
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..20_000 {
+            let mut f = good.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = 0x1f0 + (x as usize % 0x80);
+                f[at] = (x >> 32) as u8;
+            }
+            let len = f.len() - (x >> 48) as usize % 64;
+            if let Ok(b) = BzImage::parse(&f[..len]) {
+                assert_eq!(b.setup_bytes() + b.kernel().len(), len);
+                assert!(b.alignment().is_power_of_two() && b.alignment() >= 4096);
+                assert!(b.init_size() >= b.kernel().len() as u64);
+                assert!(b.header_bytes().len() <= 0x290 - 0x1f1);
+            }
+        }
+    }
 }

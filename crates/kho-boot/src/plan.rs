@@ -307,4 +307,46 @@ mod tests {
             BootError::BadSegment { problem: "not a whole number of pages", .. }
         ));
     }
+
+    #[test]
+    fn random_layouts_obey_every_rule() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let mut placed_ok = 0;
+        for _ in 0..2000 {
+            let ram: Vec<PhysRange> =
+                (0..1 + next(4)).map(|i| r(i * 2048 * MIB + MIB * (1 + next(64)), MIB * (1 + next(1500)))).collect();
+            let mut scratch: Vec<PhysRange> = Vec::new();
+            for rr in &ram {
+                if next(2) == 0 {
+                    let s = r(rr.start().as_u64() + MIB * next(rr.len() / MIB / 2 + 1), 4 * MIB);
+                    if rr.contains_range(s) {
+                        scratch.push(s);
+                    }
+                }
+            }
+            let reqs = [
+                req("handover", MIB * (1 + next(64)), 4 * MIB, Placement::OutsideScratch),
+                Request { min: 16 * MIB, ..req("kernel", MIB * (1 + next(40)), 2 * MIB, Placement::PreferScratch) },
+                req("initrd", PAGE_SIZE * (1 + next(5000)), PAGE_SIZE, Placement::PreferScratch),
+                req("boot", 3 * PAGE_SIZE, PAGE_SIZE, Placement::PreferScratch),
+            ];
+            match place(&ram, &scratch, &reqs) {
+                Ok(p) => {
+                    check(&p, &ram, &scratch, &["handover"]).unwrap();
+                    for (pl, rq) in p.iter().zip(&reqs) {
+                        assert!(pl.range.len() >= rq.size && pl.range.start().is_aligned(rq.align));
+                    }
+                    placed_ok += 1;
+                }
+                Err(e) => assert!(matches!(e, BootError::NoRoom { .. }), "{e}"),
+            }
+        }
+        assert!(placed_ok > 1000, "only {placed_ok} layouts placed");
+    }
 }

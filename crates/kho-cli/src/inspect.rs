@@ -346,7 +346,11 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
             }
             out
         } else if inp.exists() {
-            notes.push("live mode: no kho/out/fdt, inspecting the incoming kho/in/fdt".into());
+            notes.push(
+                "live mode: no kho/out/fdt (Linux 7.3 does not show it in a kernel booted by a KHO kexec); \
+                 inspecting the incoming kho/in/fdt"
+                    .into(),
+            );
             consumed = true;
             inp
         } else {
@@ -365,18 +369,36 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
         let scratch = a.scratch_phys.clone().zip(a.scratch_len.clone());
         (a.fdt.clone(), scratch)
     };
+    // In the kernel a handover started, x86 sysfs still shows the SETUP_KEXEC_KHO entry the
+    // previous kernel passed: the FDT's address and the scratch array as this kernel got them.
+    let auto_setup_data = if consumed && a.setup_data.is_none() {
+        live::find_kho_setup_data(Path::new(live::SYSFS_SETUP_DATA))
+    } else {
+        None
+    };
+    let scratch_files = if auto_setup_data.is_some() { None } else { scratch_files };
     let mem = open_memory(a, live)?;
     notes.extend(mem.notes().iter().cloned());
     let mut problems = Vec::new();
     let limits = Limits::default();
 
-    let ptr = match &a.setup_data {
+    let ptr = match a.setup_data.as_ref().or(auto_setup_data.as_ref()) {
         Some(p) => {
             let bytes = read_file(p, "setup_data payload")?;
             Some(setup_data_file(p, &bytes)?)
         }
         None => None,
     };
+    if let (Some(path), Some(p)) = (&auto_setup_data, &ptr) {
+        notes.push(format!(
+            "the handover this kernel received, as x86 setup_data SETUP_KEXEC_KHO ({}) gave it: FDT at {}, \
+             scratch array at {} ({} bytes)",
+            path.display(),
+            p.fdt,
+            p.scratch,
+            p.scratch_size
+        ));
+    }
     let fdt_phys = a.fdt_phys.map(PhysAddr::new).or(ptr.map(|p| p.fdt));
 
     let (mut fdt, mut fdt_origin) = match (&fdt_path, &ptr) {
@@ -885,5 +907,89 @@ mod blobs {
             8 => json!(u64::from_le_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]])),
             _ => json!(v.iter().map(|b| format!("{b:02x}")).collect::<String>()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        input: InputArgs,
+    }
+
+    fn capture(file: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/captures/linux-7.3.4-test_kho").join(file)
+    }
+
+    /// The next kernel's view of the Linux 7.3.4 capture: kho/in/fdt, consumed.
+    fn consumed(scratch: Vec<PhysRange>) -> (Loaded, InputArgs) {
+        let input = Args::parse_from(["kho"]).input;
+        let mem = memsrc::raw::open(&MemSpec { path: capture("mem.img.zst"), base: 0 }).unwrap();
+        let fdt = std::fs::read(capture("debugfs/kernel2-in-fdt.dtb")).unwrap();
+        let l = Loaded {
+            mem,
+            fdt: Some(fdt),
+            fdt_phys: None,
+            fdt_origin: "kho/in/fdt".into(),
+            scratch,
+            scratch_origin: "test".into(),
+            problems: Vec::new(),
+            notes: Vec::new(),
+            consumed: true,
+        };
+        (l, input)
+    }
+
+    fn capture_scratch() -> Vec<PhysRange> {
+        scratch_from_files(
+            &capture("debugfs/kernel1-out-scratch_phys.txt"),
+            &capture("debugfs/kernel1-out-scratch_len.txt"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_consumed_handover_checks_fdt_scratch_and_blobs_only() {
+        let (l, a) = consumed(capture_scratch());
+        let r = analyze(&l, &a).report;
+        assert!(r.valid, "{:?}", r.problems);
+        assert!(r.consumed);
+        assert_eq!(r.format.as_deref(), Some("kho-v4"));
+        assert_eq!(r.root_fdt.memory_map, Some(0x18_1000));
+        assert_eq!(r.root_fdt.size, 293);
+        // No walk: nothing claimed about preserved memory.
+        assert_eq!((r.preserved.len(), r.totals.blocks, r.root_fdt.metadata_pages), (0, 0, 0));
+        let names: Vec<&str> = r.subtrees.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["kho_test", "kexec-metadata"]);
+        let t = r.subtrees[0].decoded.as_ref().unwrap();
+        assert_eq!(t["nr_folios"], 26);
+        // The folios_info pages are freed by now: shown, not followed.
+        assert!(t.get("folios").is_none() && t.get("vmalloc_chunks").is_none(), "{t}");
+        assert_eq!(r.subtrees[1].decoded.as_ref().unwrap()["kexec_count"], 1);
+        let text = validate_text(&r);
+        assert!(text.starts_with(live::CONSUMED_MESSAGE), "{text}");
+        assert!(text.contains("(kho-v4 handover, 2 sub-blob(s), 3 scratch area(s))"), "{text}");
+        let text = r.to_text();
+        assert!(text.contains("preserved: not checkable after boot"), "{text}");
+        assert!(text.contains("nr_folios 26, csum 1120136128, folios not followed"), "{text}");
+        assert!(text.contains("memory map:      0x181000 (radix root; not walked: Linux frees it at boot)"), "{text}");
+        assert!(r.to_json().unwrap().contains("\"consumed\": true"));
+    }
+
+    #[test]
+    fn a_consumed_handover_with_a_blob_in_scratch_is_invalid() {
+        // A scratch area over the kho_test blob (0x292000, 240 bytes).
+        let mut scratch = capture_scratch();
+        scratch.push(PhysRange::new(PhysAddr::new(0x29_0000), 0x1_0000).unwrap());
+        let (l, a) = consumed(scratch);
+        let r = analyze(&l, &a).report;
+        assert!(!r.valid && r.consumed);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(r.problems[0].message.contains("sub-blob \"kho_test\""), "{}", r.problems[0].message);
+        assert!(r.problems[0].message.contains("scratch"), "{}", r.problems[0].message);
     }
 }

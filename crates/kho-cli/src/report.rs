@@ -230,11 +230,15 @@ impl Report {
         let _ = writeln!(o, "root FDT:        {phys}, {} bytes", self.root_fdt.size);
         if let Some(m) = self.root_fdt.memory_map {
             let what = if self.format.as_deref() == Some("kho-v1") { "first chunk" } else { "radix root" };
-            let _ = writeln!(
-                o,
-                "memory map:      {m:#x} ({what}; {} metadata page(s) walked)",
-                self.root_fdt.metadata_pages
-            );
+            if self.consumed {
+                let _ = writeln!(o, "memory map:      {m:#x} ({what}; not walked: Linux frees it at boot)");
+            } else {
+                let _ = writeln!(
+                    o,
+                    "memory map:      {m:#x} ({what}; {} metadata page(s) walked)",
+                    self.root_fdt.metadata_pages
+                );
+            }
         }
         let _ = writeln!(o, "max order:       {} (next kernel)", self.max_order);
         for m in &self.inputs.memory {
@@ -311,8 +315,11 @@ fn decoded_text(kind: &str, d: &serde_json::Value) -> Vec<String> {
             get("kexec_count")
         )],
         "test_kho" => {
-            let n = d.get("folios").and_then(|f| f.as_array()).map_or(0, Vec::len);
-            vec![format!("nr_folios {}, csum {}, {n} folio(s) decoded", get("nr_folios"), get("csum"))]
+            let decoded = match d.get("folios").and_then(|f| f.as_array()) {
+                Some(f) => format!("{} folio(s) decoded", f.len()),
+                None => "folios not followed".to_string(),
+            };
+            vec![format!("nr_folios {}, csum {}, {decoded}", get("nr_folios"), get("csum"))]
         }
         "memblock" => d
             .get("regions")

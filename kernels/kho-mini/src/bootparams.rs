@@ -69,6 +69,8 @@ pub const E820_RAM: u32 = 1;
 pub const XLF_KERNEL_64: u16 = 1 << 0;
 /// `xloadflags` bit: the kernel and boot structures may live above 4 GiB.
 pub const XLF_CAN_BE_LOADED_ABOVE_4G: u16 = 1 << 1;
+/// `xloadflags` bit: the kernel can be entered with 5-level paging on.
+pub const XLF_5LEVEL: u16 = 1 << 5;
 /// `loadflags` bit: the protected-mode code is loaded at 0x100000 or above.
 pub const LOADED_HIGH: u8 = 1 << 0;
 /// Most `setup_data` nodes followed before giving up.

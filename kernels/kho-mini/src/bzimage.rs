@@ -10,8 +10,8 @@ use alloc::vec::Vec;
 
 use crate::bootparams::{
     BOOT_FLAG, HDRS, HEADER_JUMP, HEADER_MAGIC, INIT_SIZE, KERNEL_ALIGNMENT, LOADED_HIGH, LOADFLAGS, PREF_ADDRESS,
-    RELOCATABLE_KERNEL, SETUP_HEADER, VERSION, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64, XLOADFLAGS, le16, le32, le64,
-    put16, put32, put64,
+    RELOCATABLE_KERNEL, SETUP_HEADER, VERSION, XLF_5LEVEL, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64, XLOADFLAGS, le16,
+    le32, le64, put16, put32, put64,
 };
 use crate::error::{Result, bad};
 
@@ -131,7 +131,7 @@ pub fn wrap(flat: &[u8], init_size: u32) -> Vec<u8> {
     put32(&mut out, KERNEL_ALIGNMENT, 0x20_0000);
     out[RELOCATABLE_KERNEL] = 1;
     out[MIN_ALIGNMENT] = 12;
-    put16(&mut out, XLOADFLAGS, XLF_KERNEL_64 | XLF_CAN_BE_LOADED_ABOVE_4G);
+    put16(&mut out, XLOADFLAGS, XLF_KERNEL_64 | XLF_CAN_BE_LOADED_ABOVE_4G | XLF_5LEVEL);
     put32(&mut out, CMDLINE_SIZE, 4095);
     put64(&mut out, PREF_ADDRESS, 0x100_0000);
     put32(&mut out, INIT_SIZE, init_size);
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(bz.init_size, 0x8_0000);
         assert_eq!(bz.alignment, 0x20_0000);
         assert!(bz.relocatable);
-        assert_eq!(bz.xloadflags, 3);
+        assert_eq!(bz.xloadflags, 0x23);
         // The header ends where hdr[0x201] says.
         assert_eq!(0x202 + usize::from(img[0x201]), 0x26c);
     }

@@ -29,10 +29,10 @@ use kho_core::{
 
 use crate::bootparams::{self, BOOT_PARAMS_BYTES, BootInfo, NextBoot, SetupData};
 use crate::bzimage::{BzImage, ENTRY_64_OFFSET, MAX_SETUP_BYTES};
-use crate::csum::csum_partial;
 use crate::error::{MiniError, Result, bad};
 use crate::memory::{ALLOC_FLOOR, FreeMap, MiniPlatform, Zone};
 use crate::payload::{self, Payload};
+use kho_core::format::csum::csum_partial;
 
 /// What this kernel calls itself in the `kexec-metadata` blob it hands over.
 pub const RELEASE: &str = concat!("kho-mini-", env!("CARGO_PKG_VERSION"));
@@ -40,6 +40,10 @@ pub const RELEASE: &str = concat!("kho-mini-", env!("CARGO_PKG_VERSION"));
 pub const KEXEC_METADATA: &str = "kexec-metadata";
 /// Folios of its own the mini kernel preserves, by order.
 pub const OWN_FOLIO_ORDERS: [u32; 6] = [0, 1, 2, 3, 0, 4];
+/// Largest `kho_test` blob and `folios_info` array the mini kernel reads (its heap is tens
+/// of MiB; test_kho's blob is one page and its array 8 bytes per folio, so 1 MiB is 128k
+/// folios). Larger claims are refused with a typed error instead of exhausting the heap.
+pub const MINI_BLOB_LIMIT: u64 = 1 << 20;
 /// Scratch areas invented on a cold boot are aligned to 4 MiB, as Linux 7.3 aligns its own.
 pub const SCRATCH_ALIGN: u64 = 4 << 20;
 /// Largest scratch area invented on a cold boot.
@@ -85,6 +89,20 @@ impl Probe {
     pub fn new<M: PhysRead + ?Sized>(mem: &M, bp_phys: PhysAddr, image: PhysRange) -> Result<Self> {
         let mut bp = Box::new([0u8; BOOT_PARAMS_BYTES]);
         mem.read_phys(bp_phys, &mut bp[..]).map_err(|err| MiniError::Unreadable { what: "boot_params", err })?;
+        Self::from_bytes(mem, bp_phys, bp, image)
+    }
+
+    /// As [`Probe::new`] with boot_params already read (or built, for a PVH boot: then
+    /// `bp_phys` is 0 and no memory holds them).
+    ///
+    /// # Errors
+    /// As [`Probe::new`].
+    pub fn from_bytes<M: PhysRead + ?Sized>(
+        mem: &M,
+        bp_phys: PhysAddr,
+        bp: Box<[u8; BOOT_PARAMS_BYTES]>,
+        image: PhysRange,
+    ) -> Result<Self> {
         let info = BootInfo::parse(&bp, bp_phys)?;
         let ram = info.ram();
         let chain = bootparams::walk_setup_data(mem, info.setup_data)?;
@@ -93,12 +111,14 @@ impl Probe {
         let mut used: Vec<(&'static str, PhysRange)> = Vec::new();
         let page = |a: PhysAddr, len: u64| {
             let start = a.as_u64() & !(PAGE_SIZE - 1);
-            let end = (a.as_u64().saturating_add(len.max(1))).next_multiple_of(PAGE_SIZE);
+            let end = a.as_u64().checked_add(len.max(1))?.checked_next_multiple_of(PAGE_SIZE)?;
             PhysRange::from_bounds(PhysAddr::new(start), PhysAddr::new(end))
         };
         used.extend(page(PhysAddr::new(0), ALLOC_FLOOR.min(1 << 20)).map(|r| ("first MiB", r)));
         used.extend(page(image.start(), image.len()).map(|r| ("kho-mini image", r)));
-        used.extend(page(bp_phys, BOOT_PARAMS_BYTES as u64).map(|r| ("boot_params", r)));
+        if !bp_phys.is_null() {
+            used.extend(page(bp_phys, BOOT_PARAMS_BYTES as u64).map(|r| ("boot_params", r)));
+        }
         if !info.cmdline.is_null() {
             used.extend(page(info.cmdline, cmd.len() as u64 + 1).map(|r| ("command line", r)));
         }
@@ -195,9 +215,9 @@ fn check_test_blob<M: PhysWrite>(
     blob_at: PhysAddr,
     size: u64,
 ) -> Result<(Vec<Block>, u32, u64)> {
-    let limits = Limits::default();
+    let limits = Limits { max_blob_bytes: MINI_BLOB_LIMIT, ..Limits::default() };
     if size > limits.max_blob_bytes {
-        return Err(bad("kho_test blob-size", blob_at.as_u64(), size, "a blob within the engine's limit"));
+        return Err(bad("kho_test blob-size", blob_at.as_u64(), size, "a blob of at most 1 MiB"));
     }
     let blob = read_vec(plat.mem(), "kho_test blob", blob_at, size as usize)?;
     let t = TestKho::parse(&blob, blob_at)?;
@@ -284,6 +304,11 @@ pub fn restore<M: PhysWrite, W: Write>(plat: &mut MiniPlatform<M>, probe: &Probe
     for &(what, u) in probe.used.iter().filter(|(w, _)| *w != "KHO root FDT") {
         if let Some(p) = h.reserved_ranges().iter().find(|p| p.overlaps(u)) {
             let _ = writeln!(out, "kho-mini: WARNING: {what} {u} overlaps preserved memory {p}");
+        }
+    }
+    for &(what, u) in probe.used.iter().filter(|(w, _)| matches!(*w, "kho-mini image" | "initrd (payload)")) {
+        if !h.scratch().iter().any(|s| s.contains_range(u)) {
+            let _ = writeln!(out, "kho-mini: WARNING: {what} {u} is not inside a scratch area");
         }
     }
     h.reserve(plat);
@@ -520,11 +545,15 @@ pub fn prepare_next<M: PhysWrite, W: Write>(
 ) -> Result<Jump> {
     let pay = probe.info.initrd.ok_or_else(|| bad("boot_params.hdr.ramdisk_image", 0, 0, "a payload (initrd)"))?;
     let base = pay.start().as_u64();
+    if !probe.ram.iter().any(|r| r.contains_range(pay)) {
+        return Err(bad("boot_params.hdr.ramdisk_size", base, pay.len(), "a payload (initrd) inside one RAM range"));
+    }
     let hdr = read_vec(plat, "payload", pay.start(), payload::HEADER_BYTES.min(pay.len() as usize))?;
     let p = Payload::parse(&hdr, pay.len(), base)?;
     let head_len = p.kernel.1.min(MAX_SETUP_BYTES as u64) as usize;
     let head = read_vec(plat, "payload kernel", PhysAddr::new(base + p.kernel.0), head_len)?;
     let bz = BzImage::parse(&head, p.kernel.1)?;
+    // Both are below the payload's length, itself inside RAM: no overflow.
     let size = bz.init_size.next_multiple_of(PAGE_SIZE);
     let align = bz.alignment.max(PAGE_SIZE);
     let kernel = if bz.relocatable {
@@ -538,7 +567,7 @@ pub fn prepare_next<M: PhysWrite, W: Write>(
     let initrd = if p.initrd.1 == 0 {
         None
     } else {
-        let len = p.initrd.1.next_multiple_of(PAGE_SIZE);
+        let len = p.initrd.1.next_multiple_of(PAGE_SIZE); // inside the payload, inside RAM
         let r = plat.alloc_anywhere(len, PAGE_SIZE).ok_or(MiniError::NoRoom {
             what: "next initrd",
             size: len,

@@ -14,11 +14,11 @@ extern crate alloc;
 
 pub mod bootparams;
 pub mod bzimage;
-pub mod csum;
 pub mod error;
 pub mod flow;
 pub mod memory;
 pub mod payload;
+pub mod pvh;
 #[cfg(test)]
 mod testmem;
 #[cfg(test)]
