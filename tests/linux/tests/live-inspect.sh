@@ -93,6 +93,7 @@ expect_line "$serial" "^=== END inspect-in rc=0 ===" "kho inspect --incoming exi
 expect_line "$serial" "^=== END inspect-in-json rc=0 ===" "kho inspect --incoming --json exits 0"
 expect_line "$serial" "^=== END validate-in rc=0 ===" "kho validate --incoming exits 0"
 expect_line "$serial" "^=== END validate-in-devmem rc=0 ===" "kho validate --incoming --dev-mem exits 0"
+expect_line "$serial" "^=== END inspect-default rc=0 ===" "kho inspect with no arguments in kernel 2 exits 0"
 expect_line "$serial" "^consumed by the running kernel: FDT, scratch and blobs checked; memory map not checkable after boot" \
   "the consumed handover is reported plainly"
 expect_line "$serial" "KHO-GUEST-EXIT: 0" "the guest script ends cleanly"
@@ -143,6 +144,10 @@ ti = {s["name"]: s for s in i["subtrees"]}["kho_test"]["decoded"]
 for key in ("nr_folios", "csum", "folios_info", "magic"):
     assert ti[key] == t[key], (key, ti[key], t[key])
 assert i["scratch"] == k["scratch"], (i["scratch"], k["scratch"])
+# With no arguments, kernel 2 (which has no kho/out/fdt in Linux 7.3) reports the same.
+default = section("inspect-default")
+assert f"root FDT:        {k['root_fdt']['phys']:#x}, {k['root_fdt']['size']} bytes" in default, default
+assert any(l.startswith("consumed by the running kernel") for l in default), default
 orders = {}
 for _, o in folios:
     orders[o] = orders.get(o, 0) + 1
