@@ -8,7 +8,8 @@
 #                                -> writes a newc cpio to OUT: static busybox, /init, the test
 #                                   script as /test.sh, plus each SRC copied to DST in the image.
 #                                   /init mounts proc, sysfs, devtmpfs and debugfs, runs /test.sh
-#                                   (output on the serial console), then powers the machine off.
+#                                   (output on the serial console), prints "KHO-GUEST-EXIT: <status>"
+#                                   and reboots, which ends QEMU (-no-reboot).
 #   boot_qemu KERNEL INITRD APPEND TIMEOUT LOG
 #                                -> boots under QEMU TCG with the serial console in LOG; returns
 #                                   0 when QEMU exits by itself, 124 on timeout (QEMU is killed).
