@@ -41,6 +41,7 @@ if grep -q kho_stage=2 /proc/cmdline; then
   section validate-in kho validate --incoming
   section validate-in-devmem kho validate --incoming --dev-mem
   section inspect-default kho inspect
+  section convert-in kho convert --incoming --to v1 --out-dir /tmp/converted
   exit 0
 fi
 echo "KHO-T1: stage 1"
@@ -96,6 +97,8 @@ expect_line "$serial" "^=== END validate-in-devmem rc=0 ===" "kho validate --inc
 expect_line "$serial" "^=== END inspect-default rc=0 ===" "kho inspect with no arguments in kernel 2 exits 0"
 expect_line "$serial" "^consumed by the running kernel: FDT, scratch and blobs checked; memory map not checkable after boot" \
   "the consumed handover is reported plainly"
+expect_line "$serial" "^=== END convert-in rc=2 ===" "kho convert refuses a consumed handover as a usage error"
+expect_line "$serial" "^stderr: kho: error: the handover this kernel received has been consumed" "kho convert says why"
 expect_line "$serial" "KHO-GUEST-EXIT: 0" "the guest script ends cleanly"
 if grep -q "KHO restore failed\|Kernel panic\|INVALID" "$serial"; then
   grep -n "KHO restore failed\|Kernel panic\|INVALID" "$serial" >&2
