@@ -38,15 +38,49 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let cmdline = "console=ttyS0 kho=on";
     let reqs = [
-        Request { what: "handover", size: u64::from(e.u32()), align: 1 << (e.u8() % 24), min: 0, limit: u64::MAX, placement: Placement::OutsideScratch },
-        Request { what: "kernel", size: bz.init_size(), align: bz.alignment(), min: bz.pref_address(), limit: u64::MAX, placement: Placement::PreferScratch },
-        Request { what: "boot", size: BootSegmentLayout::new(cmdline.len()).size as u64, align: 4096, min: 0, limit: u64::MAX, placement: Placement::PreferScratch },
+        Request {
+            what: "handover",
+            size: u64::from(e.u32()),
+            align: 1 << (e.u8() % 24),
+            min: 0,
+            limit: u64::MAX,
+            placement: Placement::OutsideScratch,
+        },
+        Request {
+            what: "kernel",
+            size: bz.init_size(),
+            align: bz.alignment(),
+            min: bz.pref_address(),
+            limit: u64::MAX,
+            placement: Placement::PreferScratch,
+        },
+        Request {
+            what: "boot",
+            size: BootSegmentLayout::new(cmdline.len()).size as u64,
+            align: 4096,
+            min: 0,
+            limit: u64::MAX,
+            placement: Placement::PreferScratch,
+        },
     ];
     let Ok(placed) = plan::place(&ram, &scratch, &reqs) else { return };
     plan::check(&placed, &ram, &scratch, &["handover"]).expect("a plan place() made obeys check()");
-    let ptr = HandoverPtr { fdt: placed[0].range.start(), fdt_size: 4096, scratch: placed[0].range.start(), scratch_size: 48 };
+    let ptr = HandoverPtr {
+        fdt: placed[0].range.start(),
+        fdt_size: 4096,
+        scratch: placed[0].range.start(),
+        scratch_size: 48,
+    };
     let boot_at = placed[2].range.start();
-    match boot_segment(boot_at, &fw, &bz, placed[1].range.start(), cmdline, Some((PhysAddr::new(0x100_0000), 7)), Some(&ptr)) {
+    match boot_segment(
+        boot_at,
+        &fw,
+        &bz,
+        placed[1].range.start(),
+        cmdline,
+        Some((PhysAddr::new(0x100_0000), 7)),
+        Some(&ptr),
+    ) {
         Ok(seg) => {
             let bp = BootParams::from_bytes(&seg.bytes[..4096]).expect("our zero page reads back");
             assert_eq!(bp.cmd_line_addr(), boot_at.as_u64() + 4096);
