@@ -16,9 +16,18 @@ target_dir="${CARGO_TARGET_DIR:-$here/target}"
 out="${OUT:-$target_dir/kho-mini}"
 profile="${PROFILE:-release}"
 mkdir -p "$out"
-rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none >/dev/null
 flag=(); [ "$profile" = release ] && flag=(--release)
-cargo build ${CARGO_LOCKED:+--locked} "${flag[@]}" --target x86_64-unknown-none --bin kho-mini
+# The stable target when rustup has or can install it, else nightly's -Zbuild-std (as
+# .ci/bare-metal.sh does for kho-core).
+if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none \
+    || rustup target add x86_64-unknown-none >/dev/null 2>&1; then
+  cargo build ${CARGO_LOCKED:+--locked} "${flag[@]}" --target x86_64-unknown-none --bin kho-mini
+else
+  echo "build.sh: stable x86_64-unknown-none unavailable; trying nightly -Zbuild-std" >&2
+  rustup component add rust-src --toolchain nightly >/dev/null 2>&1 || true
+  cargo +nightly build ${CARGO_LOCKED:+--locked} "${flag[@]}" --target x86_64-unknown-none --bin kho-mini \
+    -Zbuild-std=core,alloc
+fi
 elf="$target_dir/x86_64-unknown-none/$profile/kho-mini"
 cp "$elf" "$out/kho-mini.elf"
 objcopy -O binary --set-section-flags .bss=alloc,load,contents "$elf" "$out/kho-mini.bin"

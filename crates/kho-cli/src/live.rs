@@ -269,6 +269,27 @@ mod tests {
     }
 
     #[test]
+    fn hostile_prefixes_never_panic() {
+        // Every cut of a real-shaped FDT, with every byte of the structure block set to each
+        // of a few values (huge lengths, odd tokens, missing terminators): errors, no panic.
+        let fdt = root_fdt(0x1234_5000);
+        let mut seen_ok = 0;
+        for cut in FDT_HEADER_BYTES..fdt.len() {
+            for at in 8..cut {
+                for v in [0x00, 0x01, 0x03, 0x09, 0x7f, 0xff] {
+                    let mut b = fdt[..cut].to_vec();
+                    b[at] = v;
+                    if let Ok(p) = scan_prefix(&b) {
+                        assert!(!p.map_candidates.is_empty());
+                        seen_ok += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen_ok > 0);
+    }
+
+    #[test]
     fn a_bad_token_is_reported_not_skipped() {
         let mut fdt = root_fdt(0x1000);
         let s = be32(&fdt, 8).unwrap() as usize;

@@ -40,6 +40,10 @@ pub const RELEASE: &str = concat!("kho-mini-", env!("CARGO_PKG_VERSION"));
 pub const KEXEC_METADATA: &str = "kexec-metadata";
 /// Folios of its own the mini kernel preserves, by order.
 pub const OWN_FOLIO_ORDERS: [u32; 6] = [0, 1, 2, 3, 0, 4];
+/// Largest `kho_test` blob and `folios_info` array the mini kernel reads (its heap is tens
+/// of MiB; test_kho's blob is one page and its array 8 bytes per folio, so 1 MiB is 128k
+/// folios). Larger claims are refused with a typed error instead of exhausting the heap.
+pub const MINI_BLOB_LIMIT: u64 = 1 << 20;
 /// Scratch areas invented on a cold boot are aligned to 4 MiB, as Linux 7.3 aligns its own.
 pub const SCRATCH_ALIGN: u64 = 4 << 20;
 /// Largest scratch area invented on a cold boot.
@@ -107,7 +111,7 @@ impl Probe {
         let mut used: Vec<(&'static str, PhysRange)> = Vec::new();
         let page = |a: PhysAddr, len: u64| {
             let start = a.as_u64() & !(PAGE_SIZE - 1);
-            let end = (a.as_u64().saturating_add(len.max(1))).next_multiple_of(PAGE_SIZE);
+            let end = a.as_u64().checked_add(len.max(1))?.checked_next_multiple_of(PAGE_SIZE)?;
             PhysRange::from_bounds(PhysAddr::new(start), PhysAddr::new(end))
         };
         used.extend(page(PhysAddr::new(0), ALLOC_FLOOR.min(1 << 20)).map(|r| ("first MiB", r)));
@@ -211,9 +215,9 @@ fn check_test_blob<M: PhysWrite>(
     blob_at: PhysAddr,
     size: u64,
 ) -> Result<(Vec<Block>, u32, u64)> {
-    let limits = Limits::default();
+    let limits = Limits { max_blob_bytes: MINI_BLOB_LIMIT, ..Limits::default() };
     if size > limits.max_blob_bytes {
-        return Err(bad("kho_test blob-size", blob_at.as_u64(), size, "a blob within the engine's limit"));
+        return Err(bad("kho_test blob-size", blob_at.as_u64(), size, "a blob of at most 1 MiB"));
     }
     let blob = read_vec(plat.mem(), "kho_test blob", blob_at, size as usize)?;
     let t = TestKho::parse(&blob, blob_at)?;
@@ -300,6 +304,11 @@ pub fn restore<M: PhysWrite, W: Write>(plat: &mut MiniPlatform<M>, probe: &Probe
     for &(what, u) in probe.used.iter().filter(|(w, _)| *w != "KHO root FDT") {
         if let Some(p) = h.reserved_ranges().iter().find(|p| p.overlaps(u)) {
             let _ = writeln!(out, "kho-mini: WARNING: {what} {u} overlaps preserved memory {p}");
+        }
+    }
+    for &(what, u) in probe.used.iter().filter(|(w, _)| matches!(*w, "kho-mini image" | "initrd (payload)")) {
+        if !h.scratch().iter().any(|s| s.contains_range(u)) {
+            let _ = writeln!(out, "kho-mini: WARNING: {what} {u} is not inside a scratch area");
         }
     }
     h.reserve(plat);
@@ -536,11 +545,15 @@ pub fn prepare_next<M: PhysWrite, W: Write>(
 ) -> Result<Jump> {
     let pay = probe.info.initrd.ok_or_else(|| bad("boot_params.hdr.ramdisk_image", 0, 0, "a payload (initrd)"))?;
     let base = pay.start().as_u64();
+    if !probe.ram.iter().any(|r| r.contains_range(pay)) {
+        return Err(bad("boot_params.hdr.ramdisk_size", base, pay.len(), "a payload (initrd) inside one RAM range"));
+    }
     let hdr = read_vec(plat, "payload", pay.start(), payload::HEADER_BYTES.min(pay.len() as usize))?;
     let p = Payload::parse(&hdr, pay.len(), base)?;
     let head_len = p.kernel.1.min(MAX_SETUP_BYTES as u64) as usize;
     let head = read_vec(plat, "payload kernel", PhysAddr::new(base + p.kernel.0), head_len)?;
     let bz = BzImage::parse(&head, p.kernel.1)?;
+    // Both are below the payload's length, itself inside RAM: no overflow.
     let size = bz.init_size.next_multiple_of(PAGE_SIZE);
     let align = bz.alignment.max(PAGE_SIZE);
     let kernel = if bz.relocatable {
@@ -554,7 +567,7 @@ pub fn prepare_next<M: PhysWrite, W: Write>(
     let initrd = if p.initrd.1 == 0 {
         None
     } else {
-        let len = p.initrd.1.next_multiple_of(PAGE_SIZE);
+        let len = p.initrd.1.next_multiple_of(PAGE_SIZE); // inside the payload, inside RAM
         let r = plat.alloc_anywhere(len, PAGE_SIZE).ok_or(MiniError::NoRoom {
             what: "next initrd",
             size: len,

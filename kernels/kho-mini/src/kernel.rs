@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use kho_core::{MemError, PhysAddr, PhysRange, PhysRead, PhysWrite};
 use kho_mini::flow::{self, Probe};
-use kho_mini::memory::intersect;
+use kho_mini::memory::{bump, check_access, intersect};
 use kho_mini::pvh;
 
 /// Everything below this is identity-mapped by the entry code (64 GiB, 2 MiB pages).
@@ -326,13 +326,11 @@ unsafe impl GlobalAlloc for Bump {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         loop {
             let cur = self.next.load(Ordering::SeqCst);
-            let align = layout.align() as u64;
-            let start = (cur + align - 1) & !(align - 1);
-            let Some(end) = start.checked_add(layout.size() as u64) else { return core::ptr::null_mut() };
-            if end > self.end.load(Ordering::SeqCst) {
+            let end = self.end.load(Ordering::SeqCst);
+            let Some((start, next)) = bump(cur, end, layout.size() as u64, layout.align() as u64) else {
                 return core::ptr::null_mut();
-            }
-            if self.next.compare_exchange(cur, end, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            };
+            if self.next.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                 return start as *mut u8;
             }
         }
@@ -361,12 +359,7 @@ impl IdentityMem {
     }
 
     fn check(&self, phys: PhysAddr, len: usize) -> Result<(), MemError> {
-        let err = MemError { phys, len: len as u64 };
-        let r = PhysRange::new(phys, (len as u64).max(1)).ok_or(err)?;
-        if !self.ram.iter().any(|x| x.contains_range(r)) || self.own.iter().any(|o| o.overlaps(r)) {
-            return Err(err);
-        }
-        Ok(())
+        check_access(&self.ram, &self.own, phys, len)
     }
 }
 

@@ -354,3 +354,65 @@ mod tests {
         assert_eq!(k, r(0xfe0_0000, 0x1000_0000));
     }
 }
+
+/// The rule the kernel's identity-mapped memory enforces before any raw access: `len`
+/// bytes at `phys` must lie inside one `ram` range (which the kernel has already clipped to
+/// its mapped window, above the null pointer) and touch none of `own` (the image and heap,
+/// where Rust objects live).
+///
+/// # Errors
+/// [`MemError`] for the whole access.
+pub fn check_access(ram: &[PhysRange], own: &[PhysRange], phys: PhysAddr, len: usize) -> Result<(), MemError> {
+    let err = MemError { phys, len: len as u64 };
+    let r = PhysRange::new(phys, (len as u64).max(1)).ok_or(err)?;
+    if !ram.iter().any(|x| x.contains_range(r)) || own.iter().any(|o| o.overlaps(r)) {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// One step of the kernel heap's bump allocator: from the next free byte `next` of a region
+/// ending at `end`, the start of `size` bytes aligned to `align` (a power of two) and the new
+/// next free byte, or `None` when they do not fit.
+#[must_use]
+pub fn bump(next: u64, end: u64, size: u64, align: u64) -> Option<(u64, u64)> {
+    let start = next.checked_add(align - 1)? & !(align - 1);
+    let new_next = start.checked_add(size)?;
+    (new_next <= end).then_some((start, new_next))
+}
+
+#[cfg(test)]
+mod seam_tests {
+    use super::*;
+
+    fn r(s: u64, e: u64) -> PhysRange {
+        PhysRange::from_bounds(PhysAddr::new(s), PhysAddr::new(e)).unwrap()
+    }
+
+    #[test]
+    fn access_rule_keeps_out_of_own_memory_and_holes() {
+        let ram = [r(0x100, 0x9f000), r(0x10_0000, 0x4000_0000)];
+        let own = [r(0x10_0000, 0x30_0000), r(0x3800_0000, 0x3c00_0000)];
+        assert!(check_access(&ram, &own, PhysAddr::new(0x5a8), 24).is_ok());
+        assert!(check_access(&ram, &own, PhysAddr::new(0), 8).is_err(), "null");
+        assert!(check_access(&ram, &own, PhysAddr::new(0x9eff8), 16).is_err(), "runs into the hole");
+        assert!(check_access(&ram, &own, PhysAddr::new(0x2f_fff0), 16).is_err(), "the image");
+        assert!(check_access(&ram, &own, PhysAddr::new(0x30_0000), 4096).is_ok());
+        assert!(check_access(&ram, &own, PhysAddr::new(0x37ff_f000), 0x1001).is_err(), "the heap");
+        assert!(check_access(&ram, &own, PhysAddr::new(0x3fff_f000), 0x1000).is_ok());
+        assert!(check_access(&ram, &own, PhysAddr::new(0x3fff_f000), 0x1001).is_err(), "past RAM");
+        assert!(check_access(&ram, &own, PhysAddr::new(u64::MAX - 3), 8).is_err(), "wraps");
+        let e = check_access(&ram, &own, PhysAddr::new(0x2f_fff0), 16).unwrap_err();
+        assert_eq!(e, MemError { phys: PhysAddr::new(0x2f_fff0), len: 16 });
+    }
+
+    #[test]
+    fn bump_aligns_and_stops_at_the_end() {
+        assert_eq!(bump(0x1001, 0x3000, 0x100, 0x1000), Some((0x2000, 0x2100)));
+        assert_eq!(bump(0x1001, 0x3000, 0x1000, 0x1000), Some((0x2000, 0x3000)));
+        assert_eq!(bump(0x1001, 0x3000, 0x1001, 0x1000), None);
+        assert_eq!(bump(0x10, 0x20, 1, 1), Some((0x10, 0x11)));
+        assert_eq!(bump(u64::MAX - 2, u64::MAX, 1, 8), None);
+        assert_eq!(bump(0, u64::MAX, u64::MAX, 1), Some((0, u64::MAX)));
+    }
+}

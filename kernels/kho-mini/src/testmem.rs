@@ -8,7 +8,7 @@ use core::cell::RefCell;
 use kho_core::{MemError, PhysAddr, PhysRead, PhysWrite};
 
 /// Sparse physical memory for host tests.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct TestMem {
     ram: alloc::vec::Vec<(u64, u64)>,
     pages: RefCell<BTreeMap<u64, Box<[u8; 4096]>>>,

@@ -243,3 +243,115 @@ fn a_missing_payload_is_an_error_not_a_panic() {
     let e = flow::run(&mem, &probe, &mut log).unwrap_err();
     assert!(alloc::format!("{e}").contains("a payload (initrd)"), "{e}");
 }
+
+#[test]
+fn a_huge_folio_count_is_refused_not_allocated() {
+    let mem = TestMem::new(&[(0, 0x9f000), (MIB, GIB - MIB)]);
+    let (ptr, _, _) = linux_side(&mem);
+    // Rewrite the kho_test blob with nr_folios = 2^31: 16 GiB of folios_info.
+    let h = kho_core::Handover::parse(&mem, &ptr, &kho_core::IncomingConfig::new(ram())).unwrap();
+    let s = h.subtree(test_kho::SUBTREE_NAME).unwrap().clone();
+    let blob = mem.read(s.phys.as_u64(), s.size.unwrap() as usize);
+    let mut t = TestKho::parse(&blob, s.phys).unwrap();
+    t.nr_folios = 1 << 31;
+    let big = t.to_blob().unwrap();
+    assert_eq!(big.len(), blob.len());
+    mem.write(s.phys.as_u64(), &big);
+    loader_side(&mem, Some(ptr));
+    let (_, log, first) = boot(&mem, BP, IMAGE);
+    assert!(matches!(first.verdict, Verdict::Failed(crate::MiniError::Kho(_))), "{log}");
+    assert!(log.contains("kho-mini: KHO restore FAILED: "), "{log}");
+    assert!(!log.contains("WARNING"), "{log}");
+}
+
+/// Hostile boot data: random byte changes in every structure the mini kernel reads before
+/// and while it trusts nothing (boot_params, setup_data, the KHO FDT, the scratch array, the
+/// payload header, the next bzImage's header, the kho_test and kexec-metadata blobs). Every
+/// run must end in a verdict and a result, never a panic.
+#[test]
+fn mutated_boot_data_never_panics() {
+    let base = TestMem::new(&[(0, 0x9f000), (MIB, GIB - MIB)]);
+    let (ptr, _, _) = linux_side(&base);
+    loader_side(&base, Some(ptr));
+    let h = kho_core::Handover::parse(&base, &ptr, &kho_core::IncomingConfig::new(ram())).unwrap();
+    let mut targets: Vec<(u64, u64)> = vec![
+        (BP, 0x1000),
+        (0x8000, 48),
+        (ptr.fdt.as_u64(), 0x200),
+        (ptr.scratch.as_u64(), 16),
+        (PAYLOAD, 64),
+        (PAYLOAD + 0x1000, 0x300),
+        (h.memory_map().as_u64(), 0x1000),
+    ];
+    for s in h.subtrees() {
+        targets.push((s.phys.as_u64(), s.size.unwrap_or(1).min(0x200)));
+    }
+    let mut seed = 0x9e37_79b9_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut outcomes = [0u32; 3];
+    for _ in 0..400 {
+        let mem = base.clone();
+        for _ in 0..1 + next() % 4 {
+            let (at, len) = targets[(next() % targets.len() as u64) as usize];
+            let p = at + next() % len;
+            let b = match next() % 4 {
+                0 => 0,
+                1 => 0xff,
+                _ => next() as u8,
+            };
+            mem.write(p, &[b]);
+        }
+        let Ok(mut probe) = Probe::new(&mem, PhysAddr::new(BP), r(IMAGE, 2 * MIB)) else {
+            outcomes[0] += 1;
+            continue;
+        };
+        if probe.heap_region(32 * MIB).is_none() {
+            outcomes[0] += 1;
+            continue;
+        }
+        let mut log = String::new();
+        match flow::run(&mem, &probe, &mut log) {
+            Ok(_) => outcomes[2] += 1,
+            Err(_) => outcomes[1] += 1,
+        }
+    }
+    // Most mutations still boot (a refused handover is a cold boot); some must be refused.
+    assert!(outcomes[2] > 100 && outcomes[0] + outcomes[1] > 0, "{outcomes:?}");
+}
+
+#[test]
+fn huge_initrd_and_payload_sizes_are_refused_not_overflowed() {
+    for (size_lo, size_hi) in [(0xffff_f000u32, 0xffff_fffeu32), (0xffff_ffff, 0x0fff_ffff), (0x10_0000, 0x1)] {
+        let mem = TestMem::new(&[(0, 0x9f000), (MIB, GIB - MIB)]);
+        loader_side(&mem, None);
+        let mut bp = mem.read(BP, BOOT_PARAMS_BYTES);
+        put32(&mut bp, bootparams::RAMDISK_SIZE, size_lo);
+        put32(&mut bp, bootparams::EXT_RAMDISK_SIZE, size_hi);
+        mem.write(BP, &bp);
+        let Ok(mut probe) = Probe::new(&mem, PhysAddr::new(BP), r(IMAGE, 2 * MIB)) else { continue };
+        probe.heap_region(32 * MIB).unwrap();
+        let mut log = String::new();
+        assert!(flow::run(&mem, &probe, &mut log).is_err(), "{log}");
+    }
+    // A payload whose kernel claims nearly all of a huge initrd.
+    let mem = TestMem::new(&[(0, 0x9f000), (MIB, GIB - MIB)]);
+    loader_side(&mem, None);
+    put_payload_len(&mem, 16, u64::MAX - 0x2000);
+    let mut bp = mem.read(BP, BOOT_PARAMS_BYTES);
+    put32(&mut bp, bootparams::EXT_RAMDISK_SIZE, 0xffff_fff0);
+    mem.write(BP, &bp);
+    if let Ok(mut probe) = Probe::new(&mem, PhysAddr::new(BP), r(IMAGE, 2 * MIB)) {
+        probe.heap_region(32 * MIB).unwrap();
+        let mut log = String::new();
+        assert!(flow::run(&mem, &probe, &mut log).is_err(), "{log}");
+    }
+}
+
+fn put_payload_len(mem: &TestMem, field: u64, len: u64) {
+    mem.write(PAYLOAD + field + 8, &len.to_le_bytes());
+}

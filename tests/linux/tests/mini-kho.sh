@@ -11,6 +11,10 @@
 #             own, writes a kho-v4 handover (kho_test + kexec-metadata blobs) and starts
 #             Linux 3, whose test_kho must verify all of them ("KHO restore succeeded") and
 #             whose KHO reports "exec from: kho-mini-<version> (count 2)".
+#  chain      Linux 1 -> kho-mini -> kho-mini -> Linux 3: the second kho-mini is started by
+#             the first (the payload's kernel is kho-mini again, carrying the real payload
+#             as its initrd); it verifies Linux's folios plus the first one's own, adds six,
+#             and Linux 3 verifies them all ("exec from: kho-mini-<version> (count 3)").
 #  pvh        kho-mini started directly by QEMU (PVH entry): no handover, a cold boot; its
 #             own folios reach Linux, whose test_kho verifies them.
 #  loader     `kho kexec` (kexec_load with a test_kho handover written by this project's
@@ -30,7 +34,7 @@ kho_bin="$(build_kho)"
 kexec_bin="$(command -v kexec)" || die "kexec-tools missing: run tests/linux/install-deps.sh"
 work="$(mktemp -d /tmp/kho-mini.XXXXXX)"
 log "work directory: $work"
-OUT="$work/mini" bash "$repo/kernels/kho-mini/build.sh" >&2 || die "kho-mini build failed"
+OUT="$work/mini" CARGO_LOCKED=1 bash "$repo/kernels/kho-mini/build.sh" >&2 || die "kho-mini build failed"
 mini="$work/mini"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/kernels/kho-mini/Cargo.toml" | head -1)"
 
@@ -72,7 +76,7 @@ stage1() { # OUT [EXTRA SRC:DST...]
   make_initramfs "$out" "$work/guest.sh" "$kho_bin:/bin/kho" "$kexec_bin:/sbin/kexec" \
     "$mini/kho-mini.bzImage:/boot/kho-mini.bzImage" "$work/payload.bin:/boot/payload.bin" "$@"
 }
-cases="${KHO_MINI_CASES:-roundtrip pvh loader refused checksum}"
+cases="${KHO_MINI_CASES:-roundtrip chain pvh loader refused checksum}"
 
 for c in $cases; do
   log "--- case $c"
@@ -95,6 +99,21 @@ for c in $cases; do
     grep -q "kho-mini-$version" <(sed -n '/=== BEGIN inspect-in ===/,/=== END inspect-in/p' "$logf") \
       || die "kho inspect --incoming in Linux 3 does not show kho-mini's kexec-metadata"
     log "ok: kho inspect --incoming in Linux 3 shows kho-mini-$version"
+    ;;
+  chain)
+    "$mini/kho-mini-tool" pack --kernel "$mini/kho-mini.bzImage" --initrd "$work/payload.bin" \
+      --cmdline "kho-mini second" "$work/payload-chain.bin"
+    make_initramfs "$work/stage1-chain.cpio" "$work/guest.sh" "$kho_bin:/bin/kho" "$kexec_bin:/sbin/kexec" \
+      "$mini/kho-mini.bzImage:/boot/kho-mini.bzImage" "$work/payload-chain.bin:/boot/payload.bin"
+    boot_qemu "$kdir/bzImage" "$work/stage1-chain.cpio" "$append1" 240 "$logf" || die "QEMU: $?"
+    expect_line "$logf" "^kho-mini: KHO restore verified [0-9]+ folios" "the first kho-mini verifies Linux's folios"
+    n="$(grep -Eo "^kho-mini: KHO restore verified [0-9]+" "$logf" | head -1 | grep -Eo "[0-9]+$")"
+    expect_line "$logf" "^kho-mini: .*command line \"kho-mini second\"" "the second kho-mini is up"
+    expect_line "$logf" "^kho-mini: exec from: kho-mini-$version \(count 2\)" "the second reads the first's kexec-metadata"
+    expect_line "$logf" "^kho-mini: KHO restore verified $((n + 6)) folios" "the second verifies $n + 6 folios"
+    expect_line "$logf" "^kho-mini: outgoing kho-v4 handover: .* $((n + 12)) folios in kho_test" "the second hands over $n + 12"
+    expect_line "$logf" "KHO: exec from: kho-mini-$version \(count 3\)" "Linux 3 reads the second's kexec-metadata"
+    expect_line "$logf" "test_kho: KHO restore succeeded" "Linux 3 verifies all $((n + 12)) folios"
     ;;
   pvh)
     boot_qemu "$mini/kho-mini.elf" "$work/payload.bin" "kho-mini" 180 "$logf" || die "QEMU: $?"
