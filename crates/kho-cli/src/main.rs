@@ -11,7 +11,11 @@ mod bench;
 mod convert;
 mod demo;
 mod inspect;
+mod kexec;
+mod live;
 mod memsrc;
+#[macro_use]
+mod out;
 mod report;
 
 /// Kexec HandOver (KHO): keep memory intact across kexec, and check that it will be.
@@ -38,6 +42,7 @@ handover; 2 a usage error.")]
     /// Show what a handover preserves: format, sub-blobs, scratch areas, preserved memory.
     #[command(after_help = "Examples:
   sudo kho inspect                           this host's handover (debugfs + /proc/kcore)
+  sudo kho inspect --incoming                the handover this kernel was booted with
   kho inspect --fdt fdt.dtb --elf vmcore --scratch-phys scratch_phys --scratch-len scratch_len
   kho inspect --setup-data kho_data.bin --mem ram.bin@0      FDT and scratch found in memory
   kho inspect --fdt fdt.dtb --mem ram.img.zst@0 --json       schema: docs/cli-json.md")]
@@ -61,6 +66,22 @@ Exit status: 0 valid; 1 invalid (every problem is named: field, address, value, 
   kho bench --size full --out /tmp/b         1 GiB to 1 TiB (about 4 GiB of memory)
   kho bench --json --no-demo                 the report as JSON on stdout")]
     Bench(bench::BenchArgs),
+    /// Load the next Linux with kexec_load and hand it memory preserved by this project's engine.
+    #[command(after_help = "Examples:
+  kho kexec --kernel bzImage --initrd initrd.cpio --append 'console=ttyS0 kho=on' --dry-run
+  kho kexec --kernel bzImage --initrd initrd.cpio --append 'console=ttyS0 kho=on' --exec
+  kho kexec ... --corrupt checksum --exec      TEST AID: the next Linux must refuse it
+
+The zero page is built from /sys/kernel/boot_params/data (e820, screen_info, RSDP) and the
+bzImage's setup header; scratch areas come from debugfs kho/out/scratch_phys and scratch_len
+(or --scratch). With --handover test the next Linux's test_kho module verifies the folios and
+prints \"KHO restore succeeded\". --corrupt (checksum|missing-folio|wrong-order|
+unknown-compatible) is a test aid for negative controls: our own check must refuse the
+handover too, and it is loaded anyway.
+
+Exit status: 0 planned (and loaded unless --dry-run); 1 our own incoming side refused the
+handover (or accepted a --corrupt one), nothing loaded; 2 a usage error or a failed load.")]
+    Kexec(kexec::KexecArgs),
     /// Internal: the "next kernel" entry point that `kho demo` execs into.
     #[command(hide = true)]
     Kernel(demo::KernelArgs),
@@ -74,13 +95,16 @@ fn main() -> ExitCode {
         Command::Validate(a) => inspect::run(a, inspect::Mode::Validate),
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Kexec(a) => kexec::run(a),
         Command::Kernel(a) => demo::kernel(a),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kho: error: {e:#}");
+            errln!("kho: error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    out::flush();
+    code
 }

@@ -24,6 +24,10 @@ pub struct Report {
     pub max_order: u32,
     /// True when every check passed.
     pub valid: bool,
+    /// True for a handover the running kernel has already consumed (live `kho/in`): only the
+    /// root FDT, the scratch areas and the blobs were checked; the memory map was not (its
+    /// pages are freed at boot), so `preserved`, `ranges` and `orders` are empty.
+    pub consumed: bool,
     /// Where the inputs came from.
     pub inputs: Inputs,
     /// The root FDT.
@@ -201,10 +205,11 @@ fn range_line(r: &Range) -> String {
 }
 
 impl Report {
-    /// The report as pretty JSON.
+    /// The report as pretty JSON (the tool streams it instead; tests use this).
     ///
     /// # Errors
     /// Never in practice (serialization of plain data).
+    #[cfg(test)]
     pub fn to_json(&self) -> serde_json::Result<String> {
         serde_json::to_string_pretty(self)
     }
@@ -225,11 +230,15 @@ impl Report {
         let _ = writeln!(o, "root FDT:        {phys}, {} bytes", self.root_fdt.size);
         if let Some(m) = self.root_fdt.memory_map {
             let what = if self.format.as_deref() == Some("kho-v1") { "first chunk" } else { "radix root" };
-            let _ = writeln!(
-                o,
-                "memory map:      {m:#x} ({what}; {} metadata page(s) walked)",
-                self.root_fdt.metadata_pages
-            );
+            if self.consumed {
+                let _ = writeln!(o, "memory map:      {m:#x} ({what}; not walked: Linux frees it at boot)");
+            } else {
+                let _ = writeln!(
+                    o,
+                    "memory map:      {m:#x} ({what}; {} metadata page(s) walked)",
+                    self.root_fdt.metadata_pages
+                );
+            }
         }
         let _ = writeln!(o, "max order:       {} (next kernel)", self.max_order);
         for m in &self.inputs.memory {
@@ -256,14 +265,18 @@ impl Report {
         }
 
         let t = &self.totals;
-        let _ = writeln!(
-            o,
-            "\npreserved: {} block(s), {} ({} pages) in {} range(s)",
-            t.blocks,
-            size(t.bytes),
-            t.pages,
-            t.ranges
-        );
+        if self.consumed {
+            let _ = writeln!(o, "\npreserved: not checkable after boot (the memory map's pages are freed)");
+        } else {
+            let _ = writeln!(
+                o,
+                "\npreserved: {} block(s), {} ({} pages) in {} range(s)",
+                t.blocks,
+                size(t.bytes),
+                t.pages,
+                t.ranges
+            );
+        }
         for c in &self.orders {
             let over = if c.order > self.max_order { "  (above max order)" } else { "" };
             let _ = writeln!(o, "  order {:>2}: {:>8} block(s)  {:>10}{over}", c.order, c.count, size(c.bytes));
@@ -277,7 +290,9 @@ impl Report {
         for n in &self.notes {
             let _ = writeln!(o, "note: {n}");
         }
-        if self.problems.is_empty() {
+        if self.problems.is_empty() && self.consumed {
+            let _ = writeln!(o, "\n{}", crate::live::CONSUMED_MESSAGE);
+        } else if self.problems.is_empty() {
             let _ = writeln!(o, "\nvalid: every check passed");
         } else {
             let _ = writeln!(o, "\nINVALID: {} problem(s)", self.problems.len());
@@ -300,8 +315,11 @@ fn decoded_text(kind: &str, d: &serde_json::Value) -> Vec<String> {
             get("kexec_count")
         )],
         "test_kho" => {
-            let n = d.get("folios").and_then(|f| f.as_array()).map_or(0, Vec::len);
-            vec![format!("nr_folios {}, csum {}, {n} folio(s) decoded", get("nr_folios"), get("csum"))]
+            let decoded = match d.get("folios").and_then(|f| f.as_array()) {
+                Some(f) => format!("{} folio(s) decoded", f.len()),
+                None => "folios not followed".to_string(),
+            };
+            vec![format!("nr_folios {}, csum {}, {decoded}", get("nr_folios"), get("csum"))]
         }
         "memblock" => d
             .get("regions")

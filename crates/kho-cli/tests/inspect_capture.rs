@@ -110,15 +110,55 @@ fn setup_data_pointer_to_a_scratch_array_the_dump_left_out() {
 }
 
 #[test]
-fn truncated_debugfs_fdt_is_invalid() {
-    let out = kho(["validate", "--fdt", &cap("debugfs/kernel1-out-fdt.truncated.dtb"), "--mem", &cap_mem()]);
+fn truncated_debugfs_fdt_is_completed_from_memory() {
+    // Linux 7.3's debugfs kho/out/fdt: 233 of the FDT's 293 bytes. The full FDT is the
+    // preserved page at 0x182000, found through the memory map the prefix still holds.
+    let mut args: Vec<String> =
+        ["inspect", "--json", "--fdt", &cap("debugfs/kernel1-out-fdt.truncated.dtb"), "--mem", &cap_mem()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.extend(cap_scratch());
+    let out = kho(&args);
+    assert_eq!(out.code, 0, "{out:?}");
+    let r = out.json();
+    assert_eq!(r["valid"], true, "{}", r["problems"]);
+    assert_eq!(r["root_fdt"]["phys"], 0x18_2000);
+    assert_eq!(r["root_fdt"]["size"], 293);
+    assert_eq!(r["preserved"], truth()["preserved"]);
+    assert_eq!(r["subtrees"][0]["decoded"]["nr_folios"], 26);
+    let notes: Vec<&str> = r["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("holds 233 of the FDT's 293 bytes") && n.contains("memory at 0x182000")),
+        "{notes:#?}"
+    );
+    assert!(
+        r["inputs"]["fdt"].as_str().unwrap().ends_with("(233 of 293 bytes) + memory at 0x182000"),
+        "{}",
+        r["inputs"]
+    );
+}
+
+#[test]
+fn truncated_fdt_without_its_memory_is_invalid_and_says_why() {
+    // Only the first 1.5 MiB of RAM: the radix root at 0x181000 is there, the FDT page at
+    // 0x182000 is not, so the prefix cannot be completed.
+    let mut img = tempfile::NamedTempFile::new().unwrap();
+    img.write_all(&capture_prefix(0x18_2000)).unwrap();
+    let mem = format!("{}@0", img.path().display());
+    let out = kho(["validate", "--fdt", &cap("debugfs/kernel1-out-fdt.truncated.dtb"), "--mem", &mem]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stdout.contains("malformed FDT: truncated: totalsize is 293 bytes but only 233 are available"),
         "{}",
         out.stdout
     );
-    let out = kho(["inspect", "--json", "--fdt", &cap("debugfs/kernel1-out-fdt.truncated.dtb"), "--mem", &cap_mem()]);
+    assert!(
+        out.stdout.contains("is cut short (233 of 293 bytes) and the full FDT was not found in memory"),
+        "{}",
+        out.stdout
+    );
+    let out = kho(["inspect", "--json", "--fdt", &cap("debugfs/kernel1-out-fdt.truncated.dtb"), "--mem", &mem]);
     assert_eq!(out.code, 1);
     let r = out.json();
     assert_eq!(r["valid"], false);

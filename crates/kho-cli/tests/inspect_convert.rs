@@ -146,12 +146,16 @@ fn v1_output_with_4096_byte_bitmaps_needs_the_matching_reader() {
 #[test]
 fn convert_refuses_an_invalid_source() {
     let tmp = tempfile::tempdir().unwrap();
+    // A truncated FDT whose full copy (at 0x182000) is not in the memory given.
+    let mut img = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut img, &capture_prefix(0x18_2000)).unwrap();
+    let mem = format!("{}@0", img.path().display());
     let out = kho([
         "convert",
         "--fdt",
         &cap("debugfs/kernel1-out-fdt.truncated.dtb"),
         "--mem",
-        &cap_mem(),
+        &mem,
         "--to",
         "v1",
         "--out-dir",

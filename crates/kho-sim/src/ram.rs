@@ -117,18 +117,7 @@ impl Ram {
     /// # Errors
     /// [`SimError::Ram`] if `fd` is not an open file of a usable size.
     pub fn from_inherited_fd(fd: RawFd) -> Result<Self, SimError> {
-        // Check the descriptor is open before taking ownership of it.
-        let flags = rustix::io::fcntl_getfd(
-            // SAFETY: the descriptor is only borrowed for this call; `fcntl(F_GETFD)` on a
-            // closed or foreign number fails with EBADF and touches nothing.
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        )
-        .map_err(|e| SimError::Ram(format!("inherited RAM fd {fd} is not open: {e}")))?;
-        // SAFETY: the previous kernel process handed us this descriptor number exclusively
-        // (it was its RAM file, kept open across exec); nothing else in this process owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        rustix::io::fcntl_setfd(&fd, flags | FdFlags::CLOEXEC)
-            .map_err(|e| SimError::Ram(format!("cannot set FD_CLOEXEC on RAM fd: {e}")))?;
+        let fd = adopt_inherited_fd(fd, "RAM")?;
         let st = rustix::fs::fstat(&fd).map_err(|e| SimError::Ram(format!("cannot stat RAM fd: {e}")))?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
         if size <= RAM_BASE || size % PAGE_SIZE != 0 {
@@ -309,6 +298,44 @@ impl Drop for Ram {
 impl AsFd for Ram {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// Takes ownership of a descriptor the parent process left open across `exec()` (numbered
+/// on this process's command line), and sets `FD_CLOEXEC` on it again so it goes no further
+/// unless handed on explicitly. `what` names it in errors.
+///
+/// # Errors
+/// [`SimError::Ram`] if `fd` is not an open descriptor.
+pub fn adopt_inherited_fd(fd: RawFd, what: &str) -> Result<OwnedFd, SimError> {
+    if fd < 0 {
+        return Err(SimError::Ram(format!("inherited {what} fd {fd} is not a descriptor number")));
+    }
+    // Check the descriptor is open before taking ownership of it.
+    let flags = rustix::io::fcntl_getfd(
+        // SAFETY: the descriptor is only borrowed for this call; `fcntl(F_GETFD)` on a
+        // closed or foreign number fails with EBADF and touches nothing.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+    )
+    .map_err(|e| SimError::Ram(format!("inherited {what} fd {fd} is not open: {e}")))?;
+    // SAFETY: the previous kernel process handed us this descriptor number exclusively (it
+    // kept it open across exec for us); nothing else in this process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&fd, flags | FdFlags::CLOEXEC)
+        .map_err(|e| SimError::Ram(format!("cannot set FD_CLOEXEC on the {what} fd: {e}")))?;
+    Ok(fd)
+}
+
+/// An anonymous file: a `memfd_create` file, or an unlinked file in `/dev/shm` or the temp
+/// dir where memfd is unavailable. It has no name in any directory, so nothing is left
+/// behind however the process ends (Ctrl-C, SIGTERM, SIGKILL).
+///
+/// # Errors
+/// [`SimError::Ram`] if neither can be created.
+pub fn anonymous_file(name: &str) -> Result<OwnedFd, SimError> {
+    match rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC) {
+        Ok(fd) => Ok(fd),
+        Err(_) => unlinked_file(),
     }
 }
 

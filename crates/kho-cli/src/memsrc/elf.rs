@@ -83,7 +83,15 @@ pub fn open(path: &Path) -> Result<MemSource, MemSrcError> {
     let file = Arc::new(file);
     let mut m = MemSource::new();
     let mut skipped_no_paddr = 0usize;
-    for (i, &(paddr, offset, filesz, memsz, vaddr)) in loads.iter().enumerate() {
+    // In a kcore the kernel-text segment (listed first) maps part of RAM a second time; the
+    // direct map covers all of it. Larger segments go first, so the one covering RAM is kept
+    // and the alias is the one skipped.
+    let mut order: Vec<usize> = (0..loads.len()).collect();
+    if kcore {
+        order.sort_by_key(|&i| (std::cmp::Reverse(loads[i].3), i));
+    }
+    for i in order {
+        let (paddr, offset, filesz, memsz, vaddr) = loads[i];
         if memsz == 0 {
             continue;
         }
@@ -251,6 +259,50 @@ pub(crate) mod tests {
         assert_eq!(m.notes().len(), 2, "{:?}", m.notes());
         assert!(m.notes().iter().any(|n| n.contains("2 PT_LOAD segment(s) without a physical address")));
         assert!(m.read_phys(PhysAddr::new(0), &mut [0u8; 4]).is_err());
+    }
+
+    /// Sets `p_vaddr` of program header `index` (0 is the `PT_NOTE`) in a core built by
+    /// [`build_core`].
+    fn set_vaddr(core: &mut [u8], index: usize, vaddr: u64) {
+        let ph = 64 + 56 * index;
+        core[ph + 16..ph + 24].copy_from_slice(&vaddr.to_le_bytes());
+    }
+
+    #[test]
+    fn kcore_keeps_the_direct_map_over_the_kernel_text_alias() {
+        // As Linux lays out /proc/kcore on x86-64: the kernel text first (a small window that
+        // maps physical 0x20_0000.. through 0xffffffff8xxxxxxx), then vmalloc (p_paddr -1),
+        // then the direct map of each RAM range, which covers the text's pages again.
+        let text = vec![0xaau8; 0x2000];
+        let low: Vec<u8> = (0..0x9_f000u32).map(|i| (i / 4096) as u8).collect();
+        let high: Vec<u8> = (0..0x40_0000u32).map(|i| (i / 4096) as u8 ^ 0x55).collect();
+        let mut core = build_core(&[
+            Load { paddr: 0x20_0000, data: &text, memsz: 0x2000 },
+            Load { paddr: u64::MAX, data: &[], memsz: 0x1000 },
+            Load { paddr: 0x1000, data: &low, memsz: 0x9_f000 },
+            Load { paddr: 0x10_0000, data: &high, memsz: 0x40_0000 },
+        ]);
+        set_vaddr(&mut core, 1, 0xffff_ffff_8120_0000);
+        let f = write_temp(&core);
+        let m = open(f.path()).unwrap();
+        assert_eq!(m.segment_count(), 2);
+        assert_eq!(
+            m.ram(),
+            vec![
+                PhysRange::new(PhysAddr::new(0x1000), 0x9_f000).unwrap(),
+                PhysRange::new(PhysAddr::new(0x10_0000), 0x40_0000).unwrap()
+            ]
+        );
+        // All of RAM reads through the direct map, including the text's pages.
+        let mut buf = [0u8; 8];
+        m.read_phys(PhysAddr::new(0x20_0010), &mut buf).unwrap();
+        assert_eq!(buf, [(0x10_0000u32 / 4096) as u8 ^ 0x55; 8]);
+        m.read_phys(PhysAddr::new(0x4f_fff8), &mut buf).unwrap();
+        assert_eq!(buf, [(0x3f_f000u32 / 4096) as u8 ^ 0x55; 8]);
+        m.read_phys(PhysAddr::new(0x5000), &mut buf).unwrap();
+        assert_eq!(buf, [4; 8]);
+        let alias = m.notes().iter().find(|n| n.contains("a second time")).expect("a note about the alias");
+        assert!(alias.contains("PT_LOAD #0") && alias.contains("0xffffffff81200000"), "{alias}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod scratch;
 pub mod v1;
 pub mod v4;
 
+pub mod csum;
 pub mod kexec_metadata;
 pub mod memblock;
 pub mod test_kho;
