@@ -14,6 +14,7 @@ pub mod outgoing;
 pub mod platform;
 pub mod split;
 mod sync;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod types;
 

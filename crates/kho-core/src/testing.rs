@@ -230,3 +230,97 @@ impl MemMap for RecordingMap {
         self.released.push(block);
     }
 }
+
+/// The contract every [`PhysRead`] backend must keep, checked on one backed range (like
+/// rust-vmm `vm-memory`'s shared tests, run over every backend): reads of the whole range, of
+/// single bytes at both ends and of a span crossing a page boundary agree with each other;
+/// a read that runs one byte past the end, or starts at the end, fails with a read
+/// [`MemError`] naming the first byte asked for and the length; and a read far outside
+/// (at the top of the address space, where `phys + len` would wrap) fails instead of
+/// panicking. `backed` must be a range the backend fully backs, at least 2 bytes long, with
+/// no backed byte right after it.
+///
+/// # Panics
+/// On the first broken rule, with a message naming it.
+pub fn check_phys_read<M: PhysRead + ?Sized>(mem: &M, backed: PhysRange) {
+    let len = usize::try_from(backed.len()).expect("backed range fits in memory");
+    assert!(len >= 2, "the conformance range needs at least 2 bytes");
+    let mut whole = alloc::vec![0u8; len];
+    mem.read_phys(backed.start(), &mut whole).expect("whole backed range reads");
+    let mut one = [0u8; 1];
+    mem.read_phys(backed.start(), &mut one).expect("first byte reads");
+    assert_eq!(one[0], whole[0], "first byte agrees with the whole read");
+    let last = PhysAddr::new(backed.end().as_u64() - 1);
+    mem.read_phys(last, &mut one).expect("last byte reads");
+    assert_eq!(one[0], whole[len - 1], "last byte agrees with the whole read");
+    // A span that crosses a page boundary inside the range, if there is one.
+    let boundary = backed.start().checked_add(1).and_then(|a| a.align_up(PAGE_SIZE));
+    if let Some(boundary) = boundary.filter(|&b| b > backed.start() && b < backed.end()) {
+        let off = usize::try_from(boundary.checked_offset_from(backed.start()).unwrap_or(0)).unwrap_or(0);
+        let (lo, hi) = (off.saturating_sub(4), (off + 4).min(len));
+        let mut span = alloc::vec![0u8; hi - lo];
+        mem.read_phys(backed.start().saturating_add(lo as u64), &mut span).expect("page-crossing read");
+        assert_eq!(span[..], whole[lo..hi], "a page-crossing read agrees with the whole read");
+    }
+    let mut two = [0u8; 2];
+    let e = mem.read_phys(last, &mut two).expect_err("a read running past the end fails");
+    assert_eq!(e, MemError::read(last, 2), "the error names the read's first byte and length");
+    let e = mem.read_phys(backed.end(), &mut one).expect_err("a read at the end fails");
+    assert_eq!(e, MemError::read(backed.end(), 1));
+    let top = PhysAddr::new(u64::MAX - 3);
+    let mut eight = [0u8; 8];
+    let e = mem.read_phys(top, &mut eight).expect_err("a read that would wrap fails");
+    assert_eq!(e.access, Access::Read, "a failed read is reported as a read");
+}
+
+/// The contract every [`PhysWrite`] backend must keep, on a range it backs (see
+/// [`check_phys_read`], which this runs first): a write reads back exactly, bytes around it
+/// are unchanged, a write across a page boundary reads back, and writes running past the end
+/// or wrapping fail with a write [`MemError`] and change nothing. The range's bytes are
+/// overwritten.
+///
+/// # Panics
+/// On the first broken rule.
+pub fn check_phys_write<M: PhysWrite + ?Sized>(mem: &M, backed: PhysRange) {
+    check_phys_read(mem, backed);
+    let len = usize::try_from(backed.len()).expect("backed range fits in memory");
+    let pattern: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(7)).collect();
+    mem.write_phys(backed.start(), &pattern).expect("whole range writes");
+    let mut back = alloc::vec![0u8; len];
+    mem.read_phys(backed.start(), &mut back).expect("whole range reads");
+    assert_eq!(back, pattern, "a write reads back exactly");
+    if len >= 3 {
+        let mid = backed.start().saturating_add(1);
+        mem.write_phys(mid, &[0xa5]).expect("one byte writes");
+        mem.read_phys(backed.start(), &mut back).expect("reads");
+        assert_eq!((back[0], back[1], back[2]), (pattern[0], 0xa5, pattern[2]), "neighbours unchanged");
+    }
+    let last = PhysAddr::new(backed.end().as_u64() - 1);
+    let e = mem.write_phys(last, &[1, 2]).expect_err("a write running past the end fails");
+    assert_eq!(e, MemError::write(last, 2), "the error names the write's first byte and length");
+    let mut one = [0u8; 1];
+    mem.read_phys(last, &mut one).expect("reads");
+    assert_eq!(one[0], pattern[len - 1], "a failed write changes nothing");
+    let e = mem.write_phys(PhysAddr::new(u64::MAX - 3), &[0; 8]).expect_err("a write that would wrap fails");
+    assert_eq!(e.access, Access::Write, "a failed write is reported as a write");
+}
+
+#[cfg(test)]
+mod conformance {
+    use super::*;
+
+    #[test]
+    fn sparse_mem_keeps_the_backend_contract() {
+        let ram = PhysRange::new(PhysAddr::new(0x10_0000), 3 * PAGE_SIZE).unwrap();
+        check_phys_write(&SparseMem::with_ram(&[ram]), ram);
+        let small = PhysRange::new(PhysAddr::new(0x1003), 5).unwrap();
+        check_phys_write(&SparseMem::with_ram(&[small]), small);
+    }
+
+    #[test]
+    fn test_platform_keeps_the_backend_contract() {
+        let ram = PhysRange::new(PhysAddr::new(0x10_0000), 4 * PAGE_SIZE).unwrap();
+        let pool = PhysRange::new(PhysAddr::new(0x10_0000), PAGE_SIZE).unwrap();
+        check_phys_write(&TestPlatform::new(&[ram], pool), ram);
+    }
+}
