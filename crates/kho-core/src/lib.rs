@@ -13,7 +13,7 @@ pub mod incoming;
 pub mod outgoing;
 pub mod platform;
 pub mod split;
-mod sync;
+pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod types;
@@ -23,6 +23,8 @@ pub use error::{DecodeError, DecodeErrorKind, Error, ErrorClass, Field, Outgoing
 pub use format::handover_ptr::HandoverPtr;
 pub use format::{BitmapBytes, FormatVersion, Limits};
 pub use incoming::{Handover, IncomingConfig, OversizedPolicy, Validation};
+pub use lock_api::RawMutex;
 pub use outgoing::{Finalized, Kho, OutgoingConfig};
 pub use platform::{Access, AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite, Platform};
+pub use sync::DefaultRawMutex;
 pub use types::{Block, Order, PAGE_SHIFT, PAGE_SIZE, Pfn, PhysAddr, PhysRange};

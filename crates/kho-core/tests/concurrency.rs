@@ -265,3 +265,33 @@ fn concurrent_finalize_freezes_a_consistent_set() {
         logs.iter().filter(|(_, f)| *f).count()
     );
 }
+
+/// The embedder chooses the lock: the same engine behind another `lock_api::RawMutex` (here
+/// `spin`'s lock with a busy-loop relax strategy instead of the default's spin hint), shared
+/// by threads that each preserve their own private ranges.
+#[test]
+fn engine_runs_behind_an_embedder_chosen_lock() {
+    type BusyLoop = spin::mutex::SpinMutex<(), spin::relax::Loop>;
+    let plat = platform();
+    let cfg = OutgoingConfig::new(ram(), vec![range(256 * MIB, 16 * MIB)]);
+    let kho = Kho::<_, BusyLoop>::with_lock(&plat, cfg).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..WRITERS {
+            let kho = &kho;
+            s.spawn(move || {
+                for i in 0..PRIVATE {
+                    let (p, n) = private_range(t, i);
+                    kho.preserve_pages(Pfn::new(p).unwrap(), n).unwrap();
+                }
+            });
+        }
+    });
+    let want: BTreeSet<Block> = (0..WRITERS)
+        .flat_map(|t| (0..PRIVATE).map(move |i| private_range(t, i)))
+        .flat_map(|(p, n)| split_range(Pfn::new(p).unwrap(), n, Order::LINUX_X86_MAX))
+        .collect();
+    assert_eq!(kho.preserved().unwrap().iter().collect::<BTreeSet<_>>(), want);
+    let fin = kho.finalize(FormatVersion::V4).unwrap();
+    let h = Handover::parse(&plat, &fin.ptr, &IncomingConfig::new(ram())).unwrap();
+    assert_eq!(h.preserved_blocks(), want.len() as u64 + 1, "every block plus the FDT page");
+}

@@ -14,7 +14,8 @@ pub mod tracker;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::sync::{Guard, Lock};
+use crate::sync::{DefaultRawMutex, Guard, Lock};
+use lock_api::RawMutex;
 
 use crate::blockset::BlockSet;
 use crate::error::{Field, OutgoingError, Result};
@@ -102,19 +103,31 @@ struct State {
 
 /// The outgoing KHO engine over platform `P`.
 #[derive(Debug)]
-pub struct Kho<P: Platform> {
+pub struct Kho<P: Platform, R: RawMutex = DefaultRawMutex> {
     platform: P,
     config: OutgoingConfig,
-    state: Lock<State>,
+    state: Lock<R, State>,
 }
 
 impl<P: Platform> Kho<P> {
-    /// A tracker with nothing preserved.
+    /// A tracker with nothing preserved, behind the default lock ([`DefaultRawMutex`]).
     ///
     /// # Errors
-    /// [`OutgoingError::BadValue`] if RAM or scratch ranges are unsorted, overlapping or unaligned,
-    /// or a scratch area lies outside RAM.
+    /// As [`Kho::with_lock`].
     pub fn new(platform: P, config: OutgoingConfig) -> Result<Self, OutgoingError> {
+        Self::with_lock(platform, config)
+    }
+}
+
+impl<P: Platform, R: RawMutex> Kho<P, R> {
+    /// A tracker with nothing preserved, behind the lock `R` the embedder chose
+    /// (`Kho::<_, MyRawMutex>::with_lock(..)`).
+    ///
+    /// # Errors
+    /// [`OutgoingError::NoScratch`] for an empty scratch list (the next kernel could not
+    /// boot); [`OutgoingError::BadValue`] if RAM or scratch ranges are unsorted, overlapping
+    /// or unaligned, or a scratch area lies outside RAM.
+    pub fn with_lock(platform: P, config: OutgoingConfig) -> Result<Self, OutgoingError> {
         if config.scratch.is_empty() {
             return Err(OutgoingError::NoScratch);
         }
@@ -220,7 +233,7 @@ impl<P: Platform> Kho<P> {
         Ok(())
     }
 
-    fn open(&self) -> Result<Guard<'_, State>, OutgoingError> {
+    fn open(&self) -> Result<Guard<'_, R, State>, OutgoingError> {
         let st = self.state.lock();
         if st.output.is_some() { Err(OutgoingError::Finalized) } else { Ok(st) }
     }
