@@ -2,6 +2,7 @@
 #![cfg_attr(not(any(test, loom)), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 extern crate alloc;
 

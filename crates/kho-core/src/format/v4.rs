@@ -718,9 +718,11 @@ mod tests {
         );
     }
 
-    /// 1 TiB preserved at order 0: 8192 full leaves. Prints the decode time.
+    /// 1 TiB preserved at order 0: 8192 full leaves. The decode's work is bounded by the
+    /// metadata, not by the 2^28 pages it describes: it reads each tree page once and nothing
+    /// else. (Time is printed, not asserted: a unit test on a shared machine is no benchmark.)
     #[test]
-    fn one_tib_at_order_zero_decodes_fast() {
+    fn one_tib_at_order_zero_decodes_one_page_read_per_tree_page() {
         const TIB: u64 = 1 << 40;
         let plat = TestPlatform::new(&[range(0, 2 * TIB)], range(TIB + GIB, 64 << 20));
         let mut set = BlockSet::new();
@@ -741,7 +743,11 @@ mod tests {
         assert_eq!(out.len(), TIB >> PAGE_SHIFT);
         assert_eq!(ctx.metadata_pages.len(), tree.pages.len());
         assert!(out == set);
-        assert!(dec.as_secs() < 5, "decode took {dec:?}");
+        let leaves = (TIB >> PAGE_SHIFT) / UNIT_BITS;
+        assert_eq!(leaves, 8192);
+        // One leaf per 32768 pages plus the table nodes above them (one per 512 children).
+        let tables = tree.pages.len() as u64 - leaves;
+        assert!((leaves / 512..leaves / 512 + u64::from(DEPTH) * 2).contains(&tables), "{tables} table nodes");
     }
 
     fn arb_block() -> impl Strategy<Value = Block> {
