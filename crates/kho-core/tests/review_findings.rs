@@ -186,3 +186,33 @@ fn strict_policy_refuses_a_handover_with_oversized_blocks() {
     icfg.oversized = kho_core::OversizedPolicy::Reserve;
     assert_eq!(Handover::parse(&plat, &fin.ptr, &icfg).unwrap().oversized_blocks(), 2);
 }
+
+/// The same finding, stated so that an implementation which looks at preserved state first
+/// fails it: for an offline page, every state the page can be in (the start of a preserved
+/// block, inside one, already restored, never preserved) gives the same answer, "invalid
+/// page", and nothing changes. An implementation that consulted its index first would answer
+/// `ShapeMismatch`, `AlreadyRestored` or `NeverPreserved` for some of them.
+#[test]
+fn invalid_page_answer_never_depends_on_preserved_state() {
+    let (big, small, done) = (block(0x40_0000, 4), block(0x20_0000, 0), block(0x30_0000, 0));
+    let (mut h, map) = handover(&[big, small, done], 10, 10, FormatVersion::V4);
+    let mut map = map;
+    assert_eq!(h.restore_folio(&mut map, done.phys()), Ok(done));
+    let inside = PhysAddr::new(big.phys().as_u64() + 3 * PAGE_SIZE);
+    let never = PhysAddr::new(0x50_0000);
+    let cases = [("block start", big.phys()), ("inside a block", inside), ("restored", done.phys()), ("never", never)];
+    let before = (h.preserved().clone(), h.restored().clone());
+    for (what, phys) in cases {
+        let mut offline = OfflineMap { inner: map.clone(), offline: vec![phys.pfn().unwrap()] };
+        assert_eq!(h.restore_folio(&mut offline, phys), Err(RestoreError::InvalidPage { phys }), "{what}: folio");
+        assert_eq!(h.restore_pages(&mut offline, phys, 1), Err(RestoreError::InvalidPage { phys }), "{what}: pages");
+        assert_eq!((h.preserved().clone(), h.restored().clone()), before, "{what}: state untouched");
+        assert_eq!(offline.inner.folios.len() + offline.inner.pages.len(), map.folios.len() + map.pages.len());
+    }
+    // Online, the same addresses give the state-dependent answers.
+    assert_eq!(h.restore_folio(&mut map, done.phys()), Err(RestoreError::AlreadyRestored { block: done }));
+    assert_eq!(h.restore_folio(&mut map, never), Err(RestoreError::NeverPreserved { phys: never }));
+    assert!(
+        matches!(h.restore_folio(&mut map, inside), Err(RestoreError::ShapeMismatch { found, .. }) if found == big)
+    );
+}
