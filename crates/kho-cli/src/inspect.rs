@@ -25,8 +25,8 @@ use kho_core::format::root::{self, Subtree};
 use kho_core::format::{WalkContext, scratch, v1, v4};
 use kho_core::incoming::{Handover, IncomingConfig, OversizedPolicy};
 use kho_core::{
-    BitmapBytes, BlockSet, Error, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE, PhysAddr, PhysRange,
-    PhysRead,
+    BitmapBytes, BlockSet, DecodeError, DecodeErrorKind, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE,
+    PhysAddr, PhysRange, PhysRead,
 };
 
 use crate::live;
@@ -289,24 +289,26 @@ fn setup_data_file(p: &Path, bytes: &[u8]) -> anyhow::Result<HandoverPtr> {
 
 /// Reads the root FDT at the setup_data address: header, then `totalsize` bytes, which
 /// must fit the size the previous kernel passed.
-fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Result<Vec<u8>, Error> {
+fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
     let what = Field::RootFdt;
     if ptr.fdt.is_null() {
-        return Err(Error::Null { what: Field::SetupData, at: PhysAddr::new(0) });
+        return Err(DecodeError::new(Field::SetupData, PhysAddr::new(0), DecodeErrorKind::Null));
     }
     let mut hdr = [0u8; FDT_HEADER_BYTES];
-    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| Error::unreadable(what, e))?;
+    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| DecodeError::unreadable(what, e))?;
     let total = u64::from(header_totalsize(&hdr, what, ptr.fdt)?);
     if total > ptr.fdt_size || total > limits.max_blob_bytes || total < FDT_HEADER_BYTES as u64 {
-        return Err(Error::BadValue {
+        return Err(DecodeError::new(
             what,
-            at: ptr.fdt,
-            found: total,
-            expected: "an FDT totalsize within the fdt_size the previous kernel passed",
-        });
+            ptr.fdt,
+            DecodeErrorKind::BadValue {
+                found: total,
+                expected: "an FDT totalsize within the fdt_size the previous kernel passed",
+            },
+        ));
     }
     let mut buf = vec![0u8; usize::try_from(total).unwrap_or(0)];
-    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| Error::unreadable(what, e))?;
+    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| DecodeError::unreadable(what, e))?;
     Ok(buf)
 }
 
@@ -708,7 +710,7 @@ fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Prob
     };
     let mut blob = vec![0u8; usize::try_from(size).unwrap_or(0)];
     if let Err(e) = c.mem.read_phys(s.phys, &mut blob) {
-        entry.error = Some(Error::unreadable(Field::Blob, e).to_string());
+        entry.error = Some(DecodeError::unreadable(Field::Blob, e).to_string());
         return (entry, problems);
     }
     let d = blobs::decode(c, &s.name, &blob, s.phys);
@@ -763,7 +765,7 @@ mod blobs {
         fn ok(kind: &'static str, value: Value, problems: Vec<String>) -> Self {
             Self { kind, value: Some(value), problems, error: None }
         }
-        fn err(kind: &'static str, e: &Error) -> Self {
+        fn err(kind: &'static str, e: &DecodeError) -> Self {
             Self { kind, value: None, problems: Vec::new(), error: Some(e.to_string()) }
         }
     }
