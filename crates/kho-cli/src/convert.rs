@@ -213,9 +213,9 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
     let loaded = inspect::load(&a.input)?;
     let analysis = inspect::analyze(&loaded, &a.input);
     let Some(h) = analysis.handover.as_ref().filter(|_| analysis.report.valid) else {
-        eprintln!("kho convert: the source handover is invalid; nothing written:");
+        crate::errln!("kho convert: the source handover is invalid; nothing written:");
         for p in &analysis.report.problems {
-            eprintln!("  [{}] {}", p.kind, p.message);
+            crate::errln!("  [{}] {}", p.kind, p.message);
         }
         return Ok(ExitCode::from(1));
     };
@@ -232,7 +232,7 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
     }
 
     write_outputs(&a, &loaded.mem.ram(), h, &out, &analysis.report)?;
-    println!(
+    crate::outln!(
         "{} -> {}: {} preserved block(s), {} metadata page(s); wrote {}",
         h.format().compatible(),
         out.format.compatible(),
@@ -241,7 +241,7 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
         a.out_dir.display()
     );
     for n in &out.notes {
-        println!("note: {n}");
+        crate::outln!("note: {n}");
     }
     Ok(ExitCode::SUCCESS)
 }

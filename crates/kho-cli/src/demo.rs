@@ -1,10 +1,17 @@
-//! `kho demo`: a whole simulated live update. The first kernel (this process) boots cold on
-//! a sparse RAM file, fills a workload, preserves it, finalizes the handover, poisons every
-//! page not handed over and `exec()`s the next kernel (`kho kernel`, hidden) with the RAM
-//! file descriptor inherited. Each next kernel validates the handover, reserves preserved
-//! memory, restores and verifies every byte, changes the workload and kexecs again. Each
-//! kernel appends its report to a results file named in the boot block; the last one prints
-//! the summary (text, or one JSON document with `--json`).
+//! `kho demo`: a whole simulated live update. This process is the machine's "firmware" and
+//! supervisor: it creates the sparse RAM file and an anonymous results file (a memfd), writes
+//! a cold boot block, and starts the first kernel (`kho kernel`, hidden) as a child with both
+//! descriptors inherited. That kernel fills a workload, preserves it, finalizes the handover,
+//! poisons every page not handed over and `exec()`s the next kernel, which validates the
+//! handover, reserves preserved memory, restores and verifies every byte, changes the
+//! workload and kexecs again. Each kernel appends its report to the results file; when the
+//! chain ends, however it ends (the last kernel, a refused handover, a next kernel that fails
+//! or is killed), the supervisor prints the verdict (text, or one JSON document with
+//! `--json`). The results file has no name, so nothing is left in `/tmp` on any exit path.
+//!
+//! Trust: the boot block is simulated RAM, so the next kernel checks the configuration it
+//! carries and never takes a program or a file name from it; which binary runs next comes
+//! from the command line (`--next-kernel`), passed from parent to child.
 //!
 //! `--next-max-order` smaller than the preserving kernel's: folios above the next kernel's
 //! maximum order are kept reserved (`--oversized reserve`, the default): `restore_folio`
@@ -13,46 +20,23 @@
 //! `--oversized reject` the next kernel refuses the whole handover and boots cold (exit 1).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use kho_sim::Ram;
 use kho_sim::boot::BootBlock;
-use kho_sim::kernel::{
-    KernelOutcome, KernelReport, Observer, SimConfig, Stage, append_result, read_results, run_kernel,
-};
-use kho_sim::kexec::exec_next_kernel;
+use kho_sim::kernel::{KernelReport, Observer, SimConfig, Stage, run_kernel};
+use kho_sim::kexec::{exec_next_kernel, next_kernel_command};
 use kho_sim::workload::WorkloadConfig;
 use kho_sim::{RAM_BASE, ScratchSizes};
+use kho_sim::{Ram, Results};
 
-/// Parses a size such as `4G`, `512M`, `64k`, `1T` or a plain byte count.
+use crate::memsrc;
+
+/// Parses a size: the one grammar of every numeric flag ([`memsrc::parse_number`]).
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, shift) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("unknown size suffix {c:?} (use K, M, G or T)")),
-            };
-            (&t[..i], shift)
-        }
-        _ => (t, 0),
-    };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size such as 4G or 512M"))?;
-    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-fn parse_bitmap(s: &str) -> Result<u64, String> {
-    match s {
-        "512" => Ok(512),
-        "4096" => Ok(4096),
-        _ => Err("expected 512 or 4096".into()),
-    }
+    memsrc::parse_number(s, "size").map_err(|e| e.to_string())
 }
 
 fn parse_scratch(s: &str) -> Result<ScratchSizes, String> {
@@ -100,9 +84,10 @@ pub struct DemoArgs {
     /// Handover format.
     #[arg(long, default_value = "v4", value_parser = ["v1", "v4"])]
     format: String,
-    /// kho-v1 bitmap size in bytes (512: Linux 6.16/6.17; 4096: 6.18).
-    #[arg(long = "bitmap-bytes", default_value_t = 512, value_parser = parse_bitmap)]
-    bitmap_bytes: u64,
+    /// kho-v1 bitmap size in bytes (512: Linux 6.16/6.17; 4096: 6.18). Only kho-v1 uses it.
+    #[arg(long = "v1-bitmap-bytes", visible_alias = "bitmap-bytes", value_name = "BYTES",
+          value_parser = crate::inspect::parse_bitmap_bytes)]
+    bitmap_bytes: Option<u64>,
     /// Scratch sizes for a cold boot, like kho_scratch=LOWMEM,GLOBAL,PERNODE.
     #[arg(long, default_value = "16M,64M,64M", value_parser = parse_scratch)]
     scratch: ScratchSizes,
@@ -118,8 +103,9 @@ pub struct DemoArgs {
     /// Testing: the page cache "forgets" to preserve one folio in the first kernel.
     #[arg(long = "forget-preserve")]
     forget_preserve: bool,
-    /// The next kernel's binary (default: this executable).
-    #[arg(long = "next-kernel")]
+    /// The next kernels' binary (default: this executable). Checked before anything runs;
+    /// the first kernel is always this executable.
+    #[arg(long = "next-kernel", value_name = "PATH")]
     next_kernel: Option<PathBuf>,
     /// Keep RAM in this file instead of an anonymous memfd, so it outlives a crashed kernel
     /// (needed for --crash-after and --resume).
@@ -135,12 +121,25 @@ pub struct DemoArgs {
     resume: bool,
 }
 
-/// Arguments of the hidden `kho kernel` entry point.
+/// Arguments of the hidden `kho kernel` entry point: everything a kernel learns from its
+/// trusted parent rather than from simulated RAM.
 #[derive(Debug, clap::Args)]
 pub struct KernelArgs {
     /// The inherited RAM file descriptor.
     #[arg(long = "ram-fd")]
     ram_fd: i32,
+    /// The inherited results file descriptor.
+    #[arg(long = "results-fd")]
+    results_fd: i32,
+    /// The binary to exec as the next kernel (default: this executable).
+    #[arg(long = "next-kernel")]
+    next_kernel: Option<PathBuf>,
+    /// Print nothing on stdout (the supervisor prints one JSON document).
+    #[arg(long)]
+    json: bool,
+    /// Started by the supervising `kho demo`: die with it.
+    #[arg(long)]
+    first: bool,
 }
 
 struct Ui {
@@ -161,11 +160,11 @@ impl Observer for Ui {
             b.finish_and_clear();
         }
         if !self.json {
-            println!("  kernel {generation}  {:<9} {:>10.1} ms  {}", s.name, s.ms, s.detail);
+            crate::outln!("  kernel {generation}  {:<9} {:>10.1} ms  {}", s.name, s.ms, s.detail);
         }
     }
     fn note(&mut self, generation: u64, msg: &str) {
-        eprintln!("kho kernel {generation}: {msg}");
+        crate::errln!("kho kernel {generation}: {msg}");
     }
     fn progress(&mut self, label: &str, done: u64, total: u64) {
         if !self.tty || total < (256 << 20) {
@@ -194,45 +193,100 @@ fn gib(b: u64) -> String {
     }
 }
 
+/// Checks `--next-kernel` before anything runs: an executable regular file.
+fn check_next_kernel(p: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(p).with_context(|| format!("--next-kernel {}: cannot use it", p.display()))?;
+    if !meta.is_file() {
+        bail!("--next-kernel {}: not a regular file", p.display());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        bail!("--next-kernel {}: not executable", p.display());
+    }
+    std::fs::canonicalize(p).with_context(|| format!("--next-kernel {}: cannot resolve it", p.display()))
+}
+
+/// Warnings for flags the combination given ignores.
+fn ignored_flags(a: &DemoArgs) -> Vec<String> {
+    let mut w = Vec::new();
+    if a.format == "v4" && a.bitmap_bytes.is_some() {
+        w.push("--v1-bitmap-bytes is ignored with --format v4 (kho-v4 has no bitmap size)".to_string());
+    }
+    if a.oversized == "reject" && a.next_max_order.is_none_or(|n| n >= a.max_order) {
+        w.push(
+            "--oversized reject has no effect unless --next-max-order is below --max-order (no block can be \
+             oversized)"
+                .to_string(),
+        );
+    }
+    w
+}
+
 /// `kho demo`.
 pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
-    let results =
-        std::env::temp_dir().join(format!("kho-demo-{}-{}.jsonl", std::process::id(), kho_sim::boot::now_ns()));
+    let next_kernel = a.next_kernel.as_deref().map(check_next_kernel).transpose()?;
+    for w in ignored_flags(&a) {
+        crate::errln!("kho demo: warning: {w}");
+    }
     let cfg = SimConfig {
         ram: a.ram,
         workload: WorkloadConfig { guest: a.guest, page_cache: a.page_cache, table: a.table, churn_percent: a.churn },
         kexecs: a.kexecs,
         seed: a.seed,
-        format: a.format,
-        bitmap_bytes: a.bitmap_bytes,
+        format: a.format.clone(),
+        bitmap_bytes: a.bitmap_bytes.unwrap_or(512),
         max_order: a.max_order,
         next_max_order: a.next_max_order.unwrap_or(a.max_order),
-        oversized: a.oversized,
+        oversized: a.oversized.clone(),
         scratch: a.scratch,
         nodes: a.nodes,
-        corrupt: a.corrupt,
+        corrupt: a.corrupt.clone(),
         forget_preserve: a.forget_preserve,
-        results,
-        next_kernel: a.next_kernel,
         json: a.json,
         early_pages: 64,
-        crash_after: a.crash_after,
+        crash_after: a.crash_after.clone(),
     };
     if !cfg.ram.is_multiple_of(4096) || cfg.ram <= RAM_BASE {
         bail!("--ram must be a multiple of 4 KiB above 1 MiB");
     }
     cfg.check().context("invalid demo configuration")?;
-    if a.resume {
-        let path = a.ram_file.as_deref().context("--resume needs --ram-file")?;
-        return resume(path, cfg);
-    }
     let ram = match &a.ram_file {
+        Some(path) if a.resume => Ram::open(path).context("cannot open the RAM file to resume")?,
         Some(path) => Ram::create_at(path, cfg.ram).context("cannot create the machine's RAM file")?,
         None => Ram::create(cfg.ram).context("cannot create the machine's RAM")?,
     };
-    if !cfg.json {
+    // What the summary compares against: the run in the boot block when resuming one.
+    let mut summary_cfg = cfg.clone();
+    let resumed = if a.resume {
+        let path = a.ram_file.as_deref().context("--resume needs --ram-file")?;
+        match BootBlock::read(&ram) {
+            Ok(bb) => {
+                crate::errln!(
+                    "kho demo --resume: complete handover found in {} (kernel {}); restoring it (the run's \
+                     configuration comes from the handover; workload, format and scratch flags are ignored)",
+                    path.display(),
+                    bb.generation
+                );
+                if let Ok(c) = serde_json::from_str::<SimConfig>(&bb.config) {
+                    summary_cfg = SimConfig { json: cfg.json, ..c };
+                }
+                true
+            }
+            Err(e) => {
+                crate::errln!("kho demo --resume: no complete handover in {}: {e}; booting cold", path.display());
+                summary_cfg.crash_after = None;
+                false
+            }
+        }
+    } else {
+        false
+    };
+    if !resumed {
+        cold_boot_block(&ram, &summary_cfg)?;
+    }
+    if !cfg.json && !resumed {
         let w = cfg.workload;
-        println!(
+        crate::outln!(
             "kho demo: {} RAM ({:?}, sparse), workload {} (guest {} in 2 MiB folios, page cache {} in 4 KiB folios, \
              table {} as a vmalloc area), kho-{}, {} kexecs, max order {} -> {}, seed {}",
             gib(cfg.ram),
@@ -248,88 +302,94 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             cfg.seed
         );
     }
-    let mut ui = Ui::new(cfg.json);
-    let out = run_kernel(ram, None, &cfg, &mut ui);
-    after_kernel(out, &cfg)
+    let results = Results::create().context("cannot create the results file")?;
+    let exe = std::env::current_exe().context("cannot find this executable for the first kernel")?;
+    let mut cmd = next_kernel_command(&ram, &results, &exe, next_kernel.as_deref(), cfg.json)?;
+    cmd.arg("--first");
+    crate::out::flush();
+    let mut child = cmd.spawn().with_context(|| format!("cannot start the first kernel {}", exe.display()))?;
+    drop(ram);
+    let status = child.wait().context("cannot wait for the kernels")?;
+    summarize(&summary_cfg, &results, Some(status))
 }
 
-/// `kho demo --resume`: boot a RAM file left by a kernel that died during kexec. The boot
-/// block is the commit point: present and intact, the handover is complete and is restored;
-/// absent or torn, nothing of it is trusted and the kernel boots cold with `cfg`.
-fn resume(path: &std::path::Path, mut cfg: SimConfig) -> anyhow::Result<ExitCode> {
-    let ram = Ram::open(path).context("cannot open the RAM file to resume")?;
-    let mut ui = Ui::new(cfg.json);
-    match BootBlock::read(&ram) {
-        Ok(bb) => {
-            BootBlock::consume(&ram).context("cannot consume the boot block")?;
-            let mut next: SimConfig =
-                serde_json::from_str(&bb.config).context("bad configuration in the boot block")?;
-            next.results = cfg.results;
-            next.json = cfg.json;
-            eprintln!(
-                "kho demo --resume: complete handover found in {} (kernel {}); restoring it",
-                path.display(),
-                bb.generation
-            );
-            let out = run_kernel(ram, Some(&bb), &next, &mut ui);
-            after_kernel(out, &next)
-        }
-        Err(e) => {
-            eprintln!("kho demo --resume: no complete handover in {}: {e}; booting cold", path.display());
-            cfg.crash_after = None;
-            let out = run_kernel(ram, None, &cfg, &mut ui);
-            after_kernel(out, &cfg)
-        }
-    }
+/// Writes the boot block the first kernel boots from: no handover, generation 0, the run's
+/// configuration (written by this trusted process, checked again by the kernel).
+fn cold_boot_block(ram: &Ram, cfg: &SimConfig) -> anyhow::Result<()> {
+    let config = serde_json::to_string(cfg)?;
+    BootBlock { kho: None, generation: 0, ram_size: ram.size(), finalize_start_ns: 0, exec_start_ns: 0, config }
+        .write(ram)
+        .context("cannot write the first boot block")
 }
 
-/// `kho kernel`: the next kernel, started by exec with the RAM fd inherited.
+/// `kho kernel`: one kernel of the chain, started by the supervisor or by exec from the
+/// previous kernel, with the RAM and results descriptors inherited. Its configuration comes
+/// from the boot block (simulated RAM) and is checked; the next program from its command line.
 pub fn kernel(a: KernelArgs) -> anyhow::Result<ExitCode> {
+    if a.first {
+        kho_sim::kexec::die_with_parent().context("kho kernel")?;
+    }
+    let results = Results::from_inherited_fd(a.results_fd).context("kho kernel: cannot adopt the results file")?;
     let ram = Ram::from_inherited_fd(a.ram_fd).context("kho kernel: cannot adopt the RAM")?;
     let bb = BootBlock::read(&ram).context("kho kernel: no usable boot block")?;
     BootBlock::consume(&ram).context("kho kernel: cannot consume the boot block")?;
     let cfg: SimConfig = serde_json::from_str(&bb.config).context("kho kernel: bad configuration in the boot block")?;
-    let mut ui = Ui::new(cfg.json);
-    let out = run_kernel(ram, Some(&bb), &cfg, &mut ui);
-    after_kernel(out, &cfg)
-}
-
-fn after_kernel(out: Result<KernelOutcome, kho_sim::SimError>, cfg: &SimConfig) -> anyhow::Result<ExitCode> {
+    cfg.check().context("kho kernel: the configuration in the boot block is unusable")?;
+    let mut ui = Ui::new(a.json);
+    let boot = (bb.generation > 0 || bb.kho.is_some()).then_some(&bb);
+    let out = run_kernel(ram, boot, &cfg, &mut ui);
     let out = match out {
         Ok(o) => o,
         Err(e) => {
             // A failure of the simulated machine itself: record it so the summary shows it.
             let rep = KernelReport {
+                generation: bb.generation,
                 boot: "failed".into(),
                 workload: kho_sim::workload::WorkloadReport { problems: vec![e.to_string()], ..Default::default() },
                 ..KernelReport::default()
             };
-            let _ = append_result(&cfg.results, &rep);
-            return summarize(cfg);
+            results.append(&rep)?;
+            return Ok(ExitCode::from(1));
         }
     };
-    append_result(&cfg.results, &out.report)?;
-    match out.next {
-        Some(ram) => {
-            if !cfg.json {
-                println!("  kexec -> kernel {}", out.report.generation + 1);
-            }
-            let exe = match &cfg.next_kernel {
-                Some(p) => p.clone(),
-                None => std::env::current_exe().context("cannot find this executable for the next kernel")?,
-            };
-            let err = exec_next_kernel(&ram, &exe);
-            Err(anyhow::Error::new(err))
-        }
-        None => summarize(cfg),
+    results.append(&out.report)?;
+    let Some(ram) = out.next else { return Ok(ExitCode::SUCCESS) };
+    if !a.json {
+        crate::outln!("  kexec -> kernel {}", out.report.generation + 1);
     }
+    let exe = match &a.next_kernel {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("cannot find this executable for the next kernel")?,
+    };
+    crate::out::flush();
+    let err = exec_next_kernel(&ram, &results, &exe, a.next_kernel.as_deref(), a.json);
+    Err(anyhow::Error::new(err))
 }
 
-fn summarize(cfg: &SimConfig) -> anyhow::Result<ExitCode> {
-    let reports = read_results(&cfg.results)?;
-    let _ = std::fs::remove_file(&cfg.results);
-    let last = reports.last().map_or(0, |r| r.generation);
+/// How the last kernel process ended, when it did not end well.
+fn describe_exit(status: std::process::ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return None;
+    }
+    Some(match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "ended abnormally".to_string(),
+    })
+}
+
+fn summarize(cfg: &SimConfig, results: &Results, status: Option<std::process::ExitStatus>) -> anyhow::Result<ExitCode> {
     let mut problems: Vec<String> = Vec::new();
+    let reports = match results.read_all() {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(format!("the kernels' results are unreadable: {e}"));
+            Vec::new()
+        }
+    };
+    let last = reports.last().map_or(0, |r| r.generation);
+    let exit = status.and_then(describe_exit);
     for r in &reports {
         if let Some(why) = &r.refused {
             problems.push(format!("kernel {}: handover refused: {why}", r.generation));
@@ -337,8 +397,18 @@ fn summarize(cfg: &SimConfig) -> anyhow::Result<ExitCode> {
         problems.extend(r.workload.problems.iter().map(|p| format!("kernel {}: {p}", r.generation)));
         problems.extend(r.conflicts.iter().map(|p| format!("kernel {}: memory map: {p}", r.generation)));
     }
-    if last < cfg.kexecs && problems.is_empty() {
-        problems.push(format!("the run stopped after {last} of {} kexecs", cfg.kexecs));
+    let ended_well = reports.last().is_some_and(|r| r.generation >= cfg.kexecs || !r.ok());
+    if !ended_well {
+        let who = if reports.is_empty() { "the first kernel".to_string() } else { format!("kernel {}", last + 1) };
+        let how = exit.unwrap_or_else(|| "ended".to_string());
+        problems.push(format!(
+            "the run stopped after {last} of {} kexecs: {who} {how} without reporting (no verdict from it)",
+            cfg.kexecs
+        ));
+    } else if let Some(how) = exit
+        && problems.is_empty()
+    {
+        problems.push(format!("the last kernel {how}"));
     }
     let ok = problems.is_empty();
     let verified: u64 = reports.iter().map(|r| r.workload.verified_bytes).sum();
@@ -352,10 +422,10 @@ fn summarize(cfg: &SimConfig) -> anyhow::Result<ExitCode> {
             "config": cfg,
             "kernels": reports,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        println!();
-        println!(
+        crate::outln!();
+        crate::outln!(
             "{:>6} {:<6} {:>8} {:>9} {:>8} {:>9} {:>9} {:>10} | {:>9} {:>9} {:>8} {:>11} {:>11}",
             "kernel",
             "boot",
@@ -373,7 +443,7 @@ fn summarize(cfg: &SimConfig) -> anyhow::Result<ExitCode> {
         );
         let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
         for r in &reports {
-            println!(
+            crate::outln!(
                 "{:>6} {:<6} {:>8} {:>9} {:>8} {:>9} {:>9} {:>10} | {:>9} {:>9} {:>8} {:>11} {:>11}",
                 r.generation,
                 if r.boot == "kho" { "kho" } else { "cold" },
@@ -390,13 +460,13 @@ fn summarize(cfg: &SimConfig) -> anyhow::Result<ExitCode> {
                 if r.preserved_bytes > 0 { gib(r.preserved_bytes) } else { "-".into() },
             );
         }
-        println!("(times in ms; blackout = previous kernel's finalize start to this kernel's restore done)");
+        crate::outln!("(times in ms; blackout = previous kernel's finalize start to this kernel's restore done)");
         if ok {
-            println!("verdict: PASS: {last} kexecs, {} verified byte for byte, nothing lost", gib(verified));
+            crate::outln!("verdict: PASS: {last} kexecs, {} verified byte for byte, nothing lost", gib(verified));
         } else {
-            println!("verdict: FAIL");
+            crate::outln!("verdict: FAIL");
             for p in &problems {
-                println!("  - {p}");
+                crate::outln!("  - {p}");
             }
         }
     }

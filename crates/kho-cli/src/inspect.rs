@@ -25,8 +25,8 @@ use kho_core::format::root::{self, Subtree};
 use kho_core::format::{WalkContext, scratch, v1, v4};
 use kho_core::incoming::{Handover, IncomingConfig, OversizedPolicy};
 use kho_core::{
-    BitmapBytes, BlockSet, Error, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE, PhysAddr, PhysRange,
-    PhysRead,
+    BitmapBytes, BlockSet, DecodeError, DecodeErrorKind, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE,
+    PhysAddr, PhysRange, PhysRead,
 };
 
 use crate::live;
@@ -60,9 +60,13 @@ pub struct InputArgs {
     #[arg(long, conflicts_with_all = ["fdt", "setup_data", "scratch_phys"])]
     pub incoming: bool,
     /// A raw memory image whose first byte is physical address BASE (hex with 0x, or
-    /// decimal). Repeatable; a .zst file is decompressed.
+    /// decimal, K/M/G/T units). Repeatable; a .zst file is decompressed (see --zst-limit).
     #[arg(long = "mem", value_name = "FILE@BASE")]
     pub mem: Vec<MemSpec>,
+    /// Most bytes a .zst --mem image may decompress to; a larger one is refused (decompress
+    /// it once with `zstd -d`: raw images are read on demand).
+    #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
+    pub zst_limit: u64,
     /// debugfs scratch_phys: one 0x%llx address per line.
     #[arg(long, value_name = "FILE", requires = "scratch_len", conflicts_with = "setup_data")]
     pub scratch_phys: Option<PathBuf>,
@@ -76,7 +80,8 @@ pub struct InputArgs {
     pub setup_data: Option<PathBuf>,
     /// kho-v1 bitmap size to assume: 512 (Linux 6.16, 6.17) or 4096 (6.18). The format does
     /// not record it.
-    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_bitmap_bytes)]
+    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_bitmap_bytes,
+          visible_alias = "bitmap-bytes")]
     pub v1_bitmap_bytes: u64,
     /// The next kernel's maximum folio order.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=40))]
@@ -103,6 +108,10 @@ pub enum Mode {
     Validate,
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    memsrc::parse_number(s, "size").map_err(|e| e.to_string())
+}
+
 fn parse_addr(s: &str) -> Result<u64, String> {
     memsrc::parse_number(s, "address").map_err(|e| e.to_string())
 }
@@ -123,11 +132,14 @@ pub fn run(a: InspectArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     let analysis = analyze(&loaded, &a.input);
     let r = &analysis.report;
     if a.json {
-        println!("{}", r.to_json().context("writing JSON")?);
+        // Streamed to stdout as it is serialized: no second copy of the report in memory.
+        let mut w = crate::out::Stdout::new();
+        serde_json::to_writer_pretty(&mut w, r).context("writing JSON")?;
+        std::io::Write::write_all(&mut w, b"\n").context("writing JSON")?;
     } else if mode == Mode::Validate {
-        print!("{}", validate_text(r));
+        crate::outp!("{}", validate_text(r));
     } else {
-        print!("{}", r.to_text());
+        crate::outp!("{}", r.to_text());
     }
     Ok(if r.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -240,8 +252,9 @@ fn open_memory(a: &InputArgs, live: bool) -> anyhow::Result<MemSource> {
     if a.dev_mem {
         mem.merge(memsrc::devmem::open(Path::new("/dev/mem"), Path::new("/proc/iomem"))?)?;
     }
+    let zst = memsrc::raw::ZstLimits { max_bytes: a.zst_limit, ..memsrc::raw::ZstLimits::default() };
     for spec in &a.mem {
-        mem.merge(memsrc::raw::open(spec)?)?;
+        mem.merge(memsrc::raw::open_with(spec, &zst)?)?;
     }
     if mem.segment_count() == 0 {
         if live {
@@ -255,26 +268,47 @@ fn open_memory(a: &InputArgs, live: bool) -> anyhow::Result<MemSource> {
     Ok(mem)
 }
 
+/// Decodes a `--setup-data` file: exactly the 32-byte `kho_data` payload (as
+/// `/sys/kernel/boot_params/setup_data/N/data` shows it), or a whole 48-byte `setup_data`
+/// node of type 10. Any other size is a usage error (exit 2), not a handover problem: the file
+/// is not what the flag asks for.
+fn setup_data_file(p: &Path, bytes: &[u8]) -> anyhow::Result<HandoverPtr> {
+    use kho_core::format::handover_ptr::KHO_DATA_BYTES;
+    let ptr = match bytes.len() {
+        KHO_DATA_BYTES => HandoverPtr::from_setup_data_payload(bytes, PhysAddr::new(0)),
+        n if n == KHO_DATA_BYTES + 16 => HandoverPtr::from_setup_data_node(bytes, PhysAddr::new(0)).map(|(p, _)| p),
+        n => bail!(
+            "--setup-data {}: {n} bytes; expected the {KHO_DATA_BYTES}-byte kho_data payload (or a {}-byte \
+             setup_data node of type 10)",
+            p.display(),
+            KHO_DATA_BYTES + 16
+        ),
+    };
+    ptr.with_context(|| format!("--setup-data {}", p.display()))
+}
+
 /// Reads the root FDT at the setup_data address: header, then `totalsize` bytes, which
 /// must fit the size the previous kernel passed.
-fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Result<Vec<u8>, Error> {
+fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
     let what = Field::RootFdt;
     if ptr.fdt.is_null() {
-        return Err(Error::Null { what: Field::SetupData, at: PhysAddr::new(0) });
+        return Err(DecodeError::new(Field::SetupData, PhysAddr::new(0), DecodeErrorKind::Null));
     }
     let mut hdr = [0u8; FDT_HEADER_BYTES];
-    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| Error::unreadable(what, e))?;
+    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| DecodeError::unreadable(what, e))?;
     let total = u64::from(header_totalsize(&hdr, what, ptr.fdt)?);
     if total > ptr.fdt_size || total > limits.max_blob_bytes || total < FDT_HEADER_BYTES as u64 {
-        return Err(Error::BadValue {
+        return Err(DecodeError::new(
             what,
-            at: ptr.fdt,
-            found: total,
-            expected: "an FDT totalsize within the fdt_size the previous kernel passed",
-        });
+            ptr.fdt,
+            DecodeErrorKind::BadValue {
+                found: total,
+                expected: "an FDT totalsize within the fdt_size the previous kernel passed",
+            },
+        ));
     }
     let mut buf = vec![0u8; usize::try_from(total).unwrap_or(0)];
-    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| Error::unreadable(what, e))?;
+    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| DecodeError::unreadable(what, e))?;
     Ok(buf)
 }
 
@@ -337,24 +371,36 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
         let scratch = a.scratch_phys.clone().zip(a.scratch_len.clone());
         (a.fdt.clone(), scratch)
     };
+    // In the kernel a handover started, x86 sysfs still shows the SETUP_KEXEC_KHO entry the
+    // previous kernel passed: the FDT's address and the scratch array as this kernel got them.
+    let auto_setup_data = if consumed && a.setup_data.is_none() {
+        live::find_kho_setup_data(Path::new(live::SYSFS_SETUP_DATA))
+    } else {
+        None
+    };
+    let scratch_files = if auto_setup_data.is_some() { None } else { scratch_files };
     let mem = open_memory(a, live)?;
     notes.extend(mem.notes().iter().cloned());
     let mut problems = Vec::new();
     let limits = Limits::default();
 
-    let ptr = match &a.setup_data {
+    let ptr = match a.setup_data.as_ref().or(auto_setup_data.as_ref()) {
         Some(p) => {
             let bytes = read_file(p, "setup_data payload")?;
-            match HandoverPtr::from_setup_data_payload(&bytes, PhysAddr::new(0)) {
-                Ok(ptr) => Some(ptr),
-                Err(e) => {
-                    problems.push(Problem::new("value", format!("{}: {e}", p.display())));
-                    None
-                }
-            }
+            Some(setup_data_file(p, &bytes)?)
         }
         None => None,
     };
+    if let (Some(path), Some(p)) = (&auto_setup_data, &ptr) {
+        notes.push(format!(
+            "the handover this kernel received, as x86 setup_data SETUP_KEXEC_KHO ({}) gave it: FDT at {}, \
+             scratch array at {} ({} bytes)",
+            path.display(),
+            p.fdt,
+            p.scratch,
+            p.scratch_size
+        ));
+    }
     let fdt_phys = a.fdt_phys.map(PhysAddr::new).or(ptr.map(|p| p.fdt));
 
     let (mut fdt, mut fdt_origin) = match (&fdt_path, &ptr) {
@@ -658,7 +704,7 @@ fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Prob
     };
     let mut blob = vec![0u8; usize::try_from(size).unwrap_or(0)];
     if let Err(e) = c.mem.read_phys(s.phys, &mut blob) {
-        entry.error = Some(Error::unreadable(Field::Blob, e).to_string());
+        entry.error = Some(DecodeError::unreadable(Field::Blob, e).to_string());
         return (entry, problems);
     }
     let d = blobs::decode(c, &s.name, &blob, s.phys);
@@ -713,7 +759,7 @@ mod blobs {
         fn ok(kind: &'static str, value: Value, problems: Vec<String>) -> Self {
             Self { kind, value: Some(value), problems, error: None }
         }
-        fn err(kind: &'static str, e: &Error) -> Self {
+        fn err(kind: &'static str, e: &DecodeError) -> Self {
             Self { kind, value: None, problems: Vec::new(), error: Some(e.to_string()) }
         }
     }
@@ -929,7 +975,10 @@ mod tests {
         let text = validate_text(&r);
         assert!(text.starts_with(live::CONSUMED_MESSAGE), "{text}");
         assert!(text.contains("(kho-v4 handover, 2 sub-blob(s), 3 scratch area(s))"), "{text}");
-        assert!(r.to_text().contains("preserved: not checkable after boot"));
+        let text = r.to_text();
+        assert!(text.contains("preserved: not checkable after boot"), "{text}");
+        assert!(text.contains("nr_folios 26, csum 1120136128, folios not followed"), "{text}");
+        assert!(text.contains("memory map:      0x181000 (radix root; not walked: Linux frees it at boot)"), "{text}");
         assert!(r.to_json().unwrap().contains("\"consumed\": true"));
     }
 

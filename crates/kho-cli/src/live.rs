@@ -23,6 +23,33 @@ use kho_core::{BitmapBytes, BlockSet, PhysAddr, PhysRange, PhysRead};
 pub const CONSUMED_MESSAGE: &str =
     "consumed by the running kernel: FDT, scratch and blobs checked; memory map not checkable after boot";
 
+/// Where x86 Linux shows the setup_data entries it was booted with (`N/type`, `N/data`).
+pub const SYSFS_SETUP_DATA: &str = "/sys/kernel/boot_params/setup_data";
+
+/// x86 `SETUP_KEXEC_KHO`: the setup_data type of the KHO pointer.
+pub const SETUP_KEXEC_KHO: u64 = 10;
+
+/// The `data` file of the first `SETUP_KEXEC_KHO` entry under `dir` (normally
+/// [`SYSFS_SETUP_DATA`]), entries taken in numeric order; `None` if there is none or `dir`
+/// cannot be read (not x86, or not booted by a KHO kexec).
+#[must_use]
+pub fn find_kho_setup_data(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let mut entries: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n = e.file_name().to_str()?.parse::<u64>().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    entries.sort_unstable();
+    entries.into_iter().find_map(|(_, p)| {
+        let ty = std::fs::read_to_string(p.join("type")).ok()?;
+        let ty = crate::memsrc::parse_number(ty.trim(), "setup_data type").ok()?;
+        (ty == SETUP_KEXEC_KHO).then(|| p.join("data"))
+    })
+}
+
 const FDT_BEGIN_NODE: u32 = 1;
 const FDT_END_NODE: u32 = 2;
 const FDT_PROP: u32 = 3;
@@ -223,6 +250,43 @@ mod tests {
         // Header only: no property, so nothing to follow.
         let e = scan_prefix(&fdt[..FDT_HEADER_BYTES]).unwrap_err();
         assert!(e.contains("no root property"), "{e}");
+    }
+
+    #[test]
+    fn the_kho_setup_data_entry_is_found_by_type() {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, ty) in [("0", "0x9"), ("10", "0xa"), ("2", "0xa"), ("junk", "0xa")] {
+            std::fs::create_dir(dir.path().join(n)).unwrap();
+            std::fs::write(dir.path().join(n).join("type"), format!("{ty}\n")).unwrap();
+        }
+        // Numeric order: entry 2 comes before entry 10; "junk" is not an entry.
+        assert_eq!(find_kho_setup_data(dir.path()), Some(dir.path().join("2").join("data")));
+        std::fs::write(dir.path().join("2").join("type"), "0x1\n").unwrap();
+        assert_eq!(find_kho_setup_data(dir.path()), Some(dir.path().join("10").join("data")));
+        std::fs::write(dir.path().join("10").join("type"), "0x9\n").unwrap();
+        assert_eq!(find_kho_setup_data(dir.path()), None);
+        assert_eq!(find_kho_setup_data(&dir.path().join("absent")), None);
+    }
+
+    #[test]
+    fn hostile_prefixes_never_panic() {
+        // Every cut of a real-shaped FDT, with every byte of the structure block set to each
+        // of a few values (huge lengths, odd tokens, missing terminators): errors, no panic.
+        let fdt = root_fdt(0x1234_5000);
+        let mut seen_ok = 0;
+        for cut in FDT_HEADER_BYTES..fdt.len() {
+            for at in 8..cut {
+                for v in [0x00, 0x01, 0x03, 0x09, 0x7f, 0xff] {
+                    let mut b = fdt[..cut].to_vec();
+                    b[at] = v;
+                    if let Ok(p) = scan_prefix(&b) {
+                        assert!(!p.map_candidates.is_empty());
+                        seen_ok += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen_ok > 0);
     }
 
     #[test]

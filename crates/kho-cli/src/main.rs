@@ -13,6 +13,8 @@ mod inspect;
 mod kexec;
 mod live;
 mod memsrc;
+#[macro_use]
+mod out;
 mod report;
 
 /// Kexec HandOver (KHO): keep memory intact across kexec, and check that it will be.
@@ -39,6 +41,7 @@ handover; 2 a usage error.")]
     /// Show what a handover preserves: format, sub-blobs, scratch areas, preserved memory.
     #[command(after_help = "Examples:
   sudo kho inspect                           this host's handover (debugfs + /proc/kcore)
+  sudo kho inspect --incoming                the handover this kernel was booted with
   kho inspect --fdt fdt.dtb --elf vmcore --scratch-phys scratch_phys --scratch-len scratch_len
   kho inspect --setup-data kho_data.bin --mem ram.bin@0      FDT and scratch found in memory
   kho inspect --fdt fdt.dtb --mem ram.img.zst@0 --json       schema: docs/cli-json.md")]
@@ -87,11 +90,13 @@ fn main() -> ExitCode {
         Command::Kexec(a) => kexec::run(a),
         Command::Kernel(a) => demo::kernel(a),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kho: error: {e:#}");
+            errln!("kho: error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    out::flush();
+    code
 }

@@ -158,3 +158,33 @@ fn unusable_inputs_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--scratch"));
 }
+
+#[test]
+fn handover_none_is_a_plain_kexec() {
+    let dir = tempfile::tempdir().unwrap();
+    write_inputs(dir.path());
+    let (code, doc) = dry_run(dir.path(), &["--handover", "none"]);
+    assert_eq!(code, 0, "{doc:#}");
+    let names: Vec<&str> = doc["segments"].as_array().unwrap().iter().map(|s| s["what"].as_str().unwrap()).collect();
+    assert_eq!(names, ["kernel", "initrd", "boot"]);
+    assert!(doc["handover"].is_null() && doc["self_check"].is_null(), "{doc:#}");
+    // --corrupt without a handover is a usage error.
+    let (code, _) = dry_run_status(dir.path(), &["--handover", "none", "--corrupt", "checksum"]);
+    assert_eq!(code, 2);
+}
+
+fn dry_run_status(dir: &Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kho"))
+        .arg("kexec")
+        .arg("--kernel")
+        .arg(dir.join("bzImage"))
+        .args(["--append", "x", "--dry-run"])
+        .arg("--boot-params")
+        .arg(dir.join("boot_params"))
+        .arg("--debugfs")
+        .arg(dir.join("debugfs"))
+        .args(extra)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -14,7 +14,7 @@ use dtoolkit::fdt::Fdt;
 use dtoolkit::model::{DeviceTree, DeviceTreeNode, DeviceTreeProperty};
 use dtoolkit::{Node, Property};
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
 use crate::types::PhysAddr;
 
 /// FDT header magic.
@@ -96,30 +96,42 @@ impl FdtNode {
     /// Reads an exactly-8-byte little-endian u64 property of the FDT at `at`, node `path`.
     ///
     /// # Errors
-    /// [`Error::MissingProperty`] or [`Error::PropertyLength`].
-    pub fn le64(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u64> {
-        let v = self.get(prop).ok_or_else(|| Error::MissingProperty { at, node: path.to_string(), prop })?;
-        let arr: [u8; 8] = v.try_into().map_err(|_| Error::PropertyLength {
-            at,
-            node: path.to_string(),
-            prop,
-            len: v.len(),
-            expected: 8,
+    /// [`DecodeErrorKind::MissingProperty`] or [`DecodeErrorKind::PropertyLength`].
+    pub fn le64(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u64, DecodeError> {
+        let v = self.get(prop).ok_or_else(|| {
+            DecodeError::new(
+                Field::for_property(prop),
+                at,
+                DecodeErrorKind::MissingProperty { node: path.to_string(), prop },
+            )
+        })?;
+        let arr: [u8; 8] = v.try_into().map_err(|_| {
+            DecodeError::new(
+                Field::for_property(prop),
+                at,
+                DecodeErrorKind::PropertyLength { node: path.to_string(), prop, len: v.len(), expected: 8 },
+            )
         })?;
         Ok(u64::from_le_bytes(arr))
     }
     /// Reads an exactly-4-byte little-endian u32 property.
     ///
     /// # Errors
-    /// [`Error::MissingProperty`] or [`Error::PropertyLength`].
-    pub fn le32(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u32> {
-        let v = self.get(prop).ok_or_else(|| Error::MissingProperty { at, node: path.to_string(), prop })?;
-        let arr: [u8; 4] = v.try_into().map_err(|_| Error::PropertyLength {
-            at,
-            node: path.to_string(),
-            prop,
-            len: v.len(),
-            expected: 4,
+    /// [`DecodeErrorKind::MissingProperty`] or [`DecodeErrorKind::PropertyLength`].
+    pub fn le32(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u32, DecodeError> {
+        let v = self.get(prop).ok_or_else(|| {
+            DecodeError::new(
+                Field::for_property(prop),
+                at,
+                DecodeErrorKind::MissingProperty { node: path.to_string(), prop },
+            )
+        })?;
+        let arr: [u8; 4] = v.try_into().map_err(|_| {
+            DecodeError::new(
+                Field::for_property(prop),
+                at,
+                DecodeErrorKind::PropertyLength { node: path.to_string(), prop, len: v.len(), expected: 4 },
+            )
         })?;
         Ok(u32::from_le_bytes(arr))
     }
@@ -135,9 +147,9 @@ pub struct FdtTree {
 /// Reads `totalsize` from an FDT header, checking the magic.
 ///
 /// # Errors
-/// [`Error::BadFdt`] if the header is short or the magic is wrong.
-pub fn header_totalsize(header: &[u8], what: Field, at: PhysAddr) -> Result<u32> {
-    let bad = |reason: &str| Error::BadFdt { what, at, reason: reason.to_string() };
+/// [`DecodeErrorKind::BadFdt`] if the header is short or the magic is wrong.
+pub fn header_totalsize(header: &[u8], what: Field, at: PhysAddr) -> Result<u32, DecodeError> {
+    let bad = |reason: &str| DecodeError::new(what, at, DecodeErrorKind::BadFdt { reason: reason.to_string() });
     let magic = header.get(0..4).ok_or_else(|| bad("shorter than the FDT header"))?;
     if u32::from_be_bytes(magic.try_into().unwrap_or_default()) != FDT_MAGIC {
         return Err(bad("bad magic (expected 0xd00dfeed)"));
@@ -151,11 +163,11 @@ impl FdtTree {
     /// `what` and `at` name the blob in errors.
     ///
     /// # Errors
-    /// [`Error::BadFdt`] for any structural problem, including a `totalsize` larger than the
+    /// [`DecodeErrorKind::BadFdt`] for any structural problem, including a `totalsize` larger than the
     /// bytes given (a truncated blob).
-    pub fn parse(bytes: &[u8], what: Field, at: PhysAddr) -> Result<Self> {
+    pub fn parse(bytes: &[u8], what: Field, at: PhysAddr) -> Result<Self, DecodeError> {
         let total = header_totalsize(bytes, what, at)? as usize;
-        let bad = |reason: String| Error::BadFdt { what, at, reason };
+        let bad = |reason: String| DecodeError::new(what, at, DecodeErrorKind::BadFdt { reason });
         if total > bytes.len() {
             return Err(bad(alloc::format!(
                 "truncated: totalsize is {total} bytes but only {} are available",
@@ -171,8 +183,8 @@ impl FdtTree {
     /// Serializes the tree to a DTB.
     ///
     /// # Errors
-    /// [`Error::BadValue`] for a name the FDT format cannot hold.
-    pub fn to_dtb(&self) -> Result<Vec<u8>> {
+    /// [`OutgoingError::BadValue`] for a name the FDT format cannot hold.
+    pub fn to_dtb(&self) -> Result<Vec<u8>, OutgoingError> {
         let mut tree = DeviceTree::new();
         fill(&mut tree.root, &self.root)?;
         Ok(tree.to_dtb())
@@ -202,8 +214,8 @@ fn convert(
     Ok(out)
 }
 
-fn fill(dst: &mut DeviceTreeNode, src: &FdtNode) -> Result<()> {
-    let bad = || Error::BadValue {
+fn fill(dst: &mut DeviceTreeNode, src: &FdtNode) -> Result<(), OutgoingError> {
+    let bad = || OutgoingError::BadValue {
         what: Field::SubtreeName,
         at: PhysAddr::new(0),
         found: 0,
@@ -251,7 +263,10 @@ mod tests {
         let t = FdtTree { root: FdtNode::new("").prop_str("compatible", "kho-v4") };
         let dtb = t.to_dtb().unwrap();
         let e = FdtTree::parse(&dtb[..dtb.len() - 4], Field::RootFdt, PhysAddr::new(0x1000)).unwrap_err();
-        assert!(matches!(&e, Error::BadFdt { reason, .. } if reason.contains("truncated")), "{e}");
+        assert!(
+            matches!(&e, DecodeError { kind: DecodeErrorKind::BadFdt { reason, .. }, .. } if reason.contains("truncated")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -260,13 +275,11 @@ mod tests {
         let e = n.le64(PhysAddr::new(0x2000), "/x", "preserved-data").unwrap_err();
         assert_eq!(
             e,
-            Error::PropertyLength {
-                at: PhysAddr::new(0x2000),
-                node: "/x".into(),
-                prop: "preserved-data",
-                len: 4,
-                expected: 8
-            }
+            DecodeError::new(
+                Field::for_property("preserved-data"),
+                PhysAddr::new(0x2000),
+                DecodeErrorKind::PropertyLength { node: "/x".into(), prop: "preserved-data", len: 4, expected: 8 }
+            )
         );
     }
 

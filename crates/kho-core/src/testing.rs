@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 
-use crate::platform::{AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite};
+use crate::platform::{Access, AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite};
 use crate::types::{Block, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, Pfn, PhysAddr, PhysRange};
 
 /// Physical memory as a sparse map of pages; untouched pages read as zero. With RAM ranges
@@ -30,8 +30,8 @@ impl SparseMem {
     pub fn with_ram(ram: &[PhysRange]) -> Self {
         Self { ram: ram.to_vec(), pages: Mutex::default() }
     }
-    fn backed(&self, phys: PhysAddr, len: usize) -> Result<(), MemError> {
-        let err = MemError { phys, len: len as u64 };
+    fn backed(&self, access: Access, phys: PhysAddr, len: usize) -> Result<(), MemError> {
+        let err = MemError { access, phys, len: len as u64 };
         let Some(r) = PhysRange::new(phys, (len as u64).max(1)) else { return Err(err) };
         if self.ram.is_empty() || self.ram.iter().any(|ram| ram.contains_range(r)) { Ok(()) } else { Err(err) }
     }
@@ -55,7 +55,7 @@ impl SparseMem {
 
 impl PhysRead for SparseMem {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        self.backed(phys, buf.len())?;
+        self.backed(Access::Read, phys, buf.len())?;
         let pages = self.pages.lock();
         let mut addr = phys.as_u64();
         let mut done = 0;
@@ -75,7 +75,7 @@ impl PhysRead for SparseMem {
 
 impl PhysWrite for SparseMem {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
-        self.backed(phys, data.len())?;
+        self.backed(Access::Write, phys, data.len())?;
         let mut pages = self.pages.lock();
         let mut addr = phys.as_u64();
         let mut done = 0;

@@ -31,8 +31,8 @@ use kho_core::fdt::{FdtNode, FdtTree};
 use kho_core::format::{BitmapBytes, FormatVersion, Limits, WalkContext, root, v1, v4};
 use kho_core::testing::{RecordingMap, TestPlatform};
 use kho_core::{
-    Block, BlockSet, Error, Field, Handover, HandoverPtr, IncomingConfig, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn,
-    PhysAddr, PhysRange, PhysRead, PhysWrite,
+    Block, BlockSet, DecodeError, DecodeErrorKind, Field, Handover, HandoverPtr, IncomingConfig, Kho, Order,
+    OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysRead, PhysWrite,
 };
 
 const KIB: u64 = 1 << 10;
@@ -583,6 +583,7 @@ enum V {
     OutsideRam,
     InScratch,
     Overlap,
+    Duplicate,
     OrderTooLarge,
     BadValue,
     Cycle,
@@ -608,23 +609,26 @@ fn prop_field(prop: &str) -> Option<Field> {
     }
 }
 
-fn outcome(e: &Error) -> Outcome {
-    match e {
-        Error::Null { what, .. } => (V::Null, Some(*what)),
-        Error::Misaligned { what, .. } => (V::Misaligned, Some(*what)),
-        Error::OutsideRam { what, .. } => (V::OutsideRam, Some(*what)),
-        Error::InScratch { what, .. } => (V::InScratch, Some(*what)),
-        Error::Overlap { what, .. } => (V::Overlap, Some(*what)),
-        Error::OrderTooLarge { what, .. } => (V::OrderTooLarge, Some(*what)),
-        Error::BadValue { what, .. } => (V::BadValue, Some(*what)),
-        Error::Cycle { what, .. } => (V::Cycle, Some(*what)),
-        Error::TooMany { what, .. } => (V::TooMany, Some(*what)),
-        Error::Unreadable { what, .. } => (V::Unreadable, Some(*what)),
-        Error::BadFdt { what, .. } => (V::BadFdt, Some(*what)),
-        Error::Incompatible { .. } => (V::Incompatible, Some(Field::Compatible)),
-        Error::MissingProperty { prop, .. } => (V::MissingProperty, prop_field(prop)),
-        Error::PropertyLength { prop, .. } => (V::PropertyLength, prop_field(prop)),
-        Error::BlobNotPreserved { .. } => (V::BlobNotPreserved, Some(Field::SubtreeData)),
+fn outcome(e: &DecodeError) -> Outcome {
+    use DecodeErrorKind as K;
+    let what = Some(e.field);
+    match &e.kind {
+        K::Null => (V::Null, what),
+        K::Misaligned { .. } => (V::Misaligned, what),
+        K::OutsideRam { .. } => (V::OutsideRam, what),
+        K::InScratch { .. } => (V::InScratch, what),
+        K::Overlap { .. } => (V::Overlap, what),
+        K::Duplicate { .. } => (V::Duplicate, what),
+        K::OrderTooLarge { .. } => (V::OrderTooLarge, what),
+        K::BadValue { .. } => (V::BadValue, what),
+        K::Cycle { .. } => (V::Cycle, what),
+        K::TooMany { .. } => (V::TooMany, what),
+        K::Unreadable(_) => (V::Unreadable, what),
+        K::BadFdt { .. } => (V::BadFdt, what),
+        K::Incompatible { .. } => (V::Incompatible, Some(Field::Compatible)),
+        K::MissingProperty { prop, .. } => (V::MissingProperty, prop_field(prop)),
+        K::PropertyLength { prop, .. } => (V::PropertyLength, prop_field(prop)),
+        K::BlobNotPreserved { .. } => (V::BlobNotPreserved, Some(Field::SubtreeData)),
         _ => (V::Other, None),
     }
 }
@@ -644,6 +648,7 @@ const RELOCATED: &[Outcome] = &[
     e(V::OutsideRam, Field::Block),
     e(V::InScratch, Field::Block),
     e(V::Overlap, Field::Block),
+    e(V::Duplicate, Field::Block),
     e(V::Overlap, Field::PreservedMemoryMap),
     e(V::BadValue, Field::Block),
 ];
@@ -654,6 +659,7 @@ const BAD_LEAF: &[Outcome] = &[
     e(V::OutsideRam, Field::Block),
     e(V::InScratch, Field::Block),
     e(V::Overlap, Field::Block),
+    e(V::Duplicate, Field::Block),
     e(V::Overlap, Field::PreservedMemoryMap),
     e(V::BadValue, Field::RadixKey),
 ];
@@ -944,7 +950,7 @@ fn run_fixture(fx: &Fixture, t: &mut Tally) {
     assert!(Handover::parse(&fx.plat, &fx.ptr, &tight).is_ok(), "{}: exact budget", fx.name);
     tight.limits.max_metadata_pages = baseline as u64 - 1;
     let e = Handover::parse(&fx.plat, &fx.ptr, &tight).unwrap_err();
-    assert!(matches!(e, Error::TooMany { limit, .. } if limit == baseline as u64 - 1), "{}: {e}", fx.name);
+    assert!(matches!(e.kind, DecodeErrorKind::TooMany { limit } if limit == baseline as u64 - 1), "{}: {e}", fx.name);
 
     let sites = fx.sites();
     t.sites += sites.len();
@@ -1089,12 +1095,11 @@ fn wrong_format_decoder_refuses_the_other_map() {
     let e = Handover::parse(&plat, &ptr, &cfg).unwrap_err();
     assert_eq!(
         e,
-        Error::Misaligned {
-            what: Field::RadixEntry,
-            at: PhysAddr::new(second + 8),
-            value: 10 | 1 << 32,
-            align: PAGE_SIZE
-        }
+        DecodeError::new(
+            Field::RadixEntry,
+            PhysAddr::new(second + 8),
+            DecodeErrorKind::Misaligned { value: 10 | 1 << 32, align: PAGE_SIZE }
+        )
     );
     // kho-v4 read as kho-v1: the radix root is the first "chunk"; its order and num_elms are
     // the halves of table entry 1 (the empty order-1 path), so it holds no entries, and its
@@ -1106,7 +1111,14 @@ fn wrong_format_decoder_refuses_the_other_map() {
     let l3 = plat.read_u64(PhysAddr::new(l4 + 8)).unwrap();
     set_root_prop(&plat, &ptr, "compatible", b"kho-v1\0");
     let e = Handover::parse(&plat, &ptr, &cfg).unwrap_err();
-    assert_eq!(e, Error::OrderTooLarge { what: Field::ChunkOrder, at: PhysAddr::new(l4 + 8), order: l3, max: 40 });
+    assert_eq!(
+        e,
+        DecodeError::new(
+            Field::ChunkOrder,
+            PhysAddr::new(l4 + 8),
+            DecodeErrorKind::OrderTooLarge { order: l3, max: 40 }
+        )
+    );
 }
 
 /// Every other pointer in the handover goes through `WalkContext::check_pointer` (NULL,
@@ -1120,11 +1132,18 @@ fn scratch_array_pointer_is_checked_like_other_pointers() {
     let e = Handover::parse(&plat, &shifted, &cfg).unwrap_err();
     assert_eq!(
         e,
-        Error::Misaligned { what: Field::ScratchArray, at: shifted.scratch, value: shifted.scratch.as_u64(), align: 8 }
+        DecodeError::new(
+            Field::ScratchArray,
+            shifted.scratch,
+            DecodeErrorKind::Misaligned { value: shifted.scratch.as_u64(), align: 8 }
+        )
     );
     let outside = HandoverPtr { scratch: PhysAddr::new(OUTSIDE_RAM), ..ptr };
     let e = Handover::parse(&plat, &outside, &cfg).unwrap_err();
-    assert!(matches!(e, Error::OutsideRam { what: Field::ScratchArray, .. }), "{e}");
+    assert!(
+        matches!(e, DecodeError { field: Field::ScratchArray, kind: DecodeErrorKind::OutsideRam { .. }, .. }),
+        "{e}"
+    );
 }
 
 /// libfdt's stringlist match (what Linux uses) needs the NUL: a `compatible` of the six bytes
@@ -1134,5 +1153,5 @@ fn compatible_without_nul_is_incompatible() {
     let (plat, ptr) = small(FormatVersion::V4);
     set_root_prop(&plat, &ptr, "compatible", b"kho-v4");
     let e = Handover::parse(&plat, &ptr, &IncomingConfig::new(ram())).unwrap_err();
-    assert!(matches!(e, Error::Incompatible { .. }), "{e}");
+    assert!(matches!(e.kind, DecodeErrorKind::Incompatible { .. }), "{e}");
 }

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use kho_core::outgoing::Stats;
 use kho_core::testing::{RecordingMap, TestPlatform};
 use kho_core::{
-    BitmapBytes, Block, Error, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn,
-    PhysAddr, PhysRange, PhysWrite, Result,
+    BitmapBytes, Block, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, OutgoingError, PAGE_SIZE,
+    Pfn, PhysAddr, PhysRange, PhysWrite, Result,
 };
 
 const MIB: u64 = 1 << 20;
@@ -112,7 +112,7 @@ fn sweep<T: std::fmt::Debug>(
     kho: &Kho<&TestPlatform>,
     format: FormatVersion,
     what: &str,
-    op: impl Fn() -> Result<T>,
+    op: impl Fn() -> Result<T, OutgoingError>,
 ) -> (u64, T) {
     let plat = kho.platform();
     let before = snap(kho);
@@ -128,7 +128,7 @@ fn sweep<T: std::fmt::Debug>(
                 return (n, v);
             }
             Err(e) => {
-                assert_eq!(e, Error::OutOfMemory, "{what}: allocation {n}");
+                assert_eq!(e, OutgoingError::OutOfMemory, "{what}: allocation {n}");
                 assert_eq!(attempts, n + 1, "{what}: stopped at the failing allocation {n}");
                 assert_eq!(snap(kho), before, "{what}: state changed by failing allocation {n}");
                 finalize_decode_abort(kho, format, &before.preserved);
@@ -238,7 +238,7 @@ fn interrupted_finalize_then_abort_keeps_every_preservation() {
             plat.fail_alloc_at(None);
             match r {
                 Err(e) => {
-                    assert_eq!(e, Error::OutOfMemory);
+                    assert_eq!(e, OutgoingError::OutOfMemory);
                     assert_eq!(snap(&kho), before, "failure at allocation {n}");
                 }
                 Ok(_) => {
@@ -248,7 +248,7 @@ fn interrupted_finalize_then_abort_keeps_every_preservation() {
                 }
             }
             kho.finalize(format).unwrap();
-            assert_eq!(kho.preserve_folio(pfn(5 * GIB), Order::ZERO), Err(Error::Finalized));
+            assert_eq!(kho.preserve_folio(pfn(5 * GIB), Order::ZERO), Err(OutgoingError::Finalized));
             kho.abort().unwrap();
             assert_eq!(snap(&kho), before, "finalize + abort after failure {n}");
             // One more block (alternating orders, so new bitmaps keep appearing).
@@ -284,7 +284,10 @@ fn unpreserve_and_abort_never_allocate() {
         kho.unpreserve_pages(pfn(GIB + PAGE_SIZE), 3000).unwrap();
         kho.remove_subtree("seed").unwrap();
         kho.unpreserve_phys(PhysAddr::new(2 * GIB), PAGE_SIZE).unwrap();
-        assert_eq!(kho.unpreserve_folio(pfn(4 * GIB), order(9)), Err(Error::NotPreserved { block: blk(4 * GIB, 9) }));
+        assert_eq!(
+            kho.unpreserve_folio(pfn(4 * GIB), order(9)),
+            Err(OutgoingError::NotPreserved { block: blk(4 * GIB, 9) })
+        );
         assert_eq!(plat.alloc_attempts(), 0);
         // The emptied bitmaps went back: only the four remaining order-0 blocks' page.
         let left: BTreeSet<Block> = (1..5).map(|i| blk(2 * GIB + i * 8 * PAGE_SIZE, 0)).collect();

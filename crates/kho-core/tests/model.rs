@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use kho_core::split::split_range;
 use kho_core::testing::{RecordingMap, TestPlatform};
 use kho_core::{
-    Block, Error, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr,
-    PhysRange,
+    Block, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr, PhysRange,
+    RestoreError,
 };
 use proptest::prelude::*;
 
@@ -223,7 +223,7 @@ fn run(ops: Vec<Op>, format: FormatVersion, bitmap: kho_core::BitmapBytes) -> Re
     prop_assert_eq!(pages, m.blocks.iter().map(|b| b.order().nr_pages()).sum::<u64>() + 1);
     for &b in &m.blocks {
         prop_assert_eq!(h.restore_folio(&mut map, b.phys()), Ok(b));
-        prop_assert_eq!(h.restore_folio(&mut map, b.phys()), Err(Error::AlreadyRestored { block: b }));
+        prop_assert_eq!(h.restore_folio(&mut map, b.phys()), Err(RestoreError::AlreadyRestored { block: b }));
     }
     prop_assert_eq!(h.unclaimed().count(), 1, "only the FDT page is left");
     Ok(())

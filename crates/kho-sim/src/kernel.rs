@@ -14,8 +14,6 @@
 //! of this kernel's restore (wall clock across the exec); verification is the simulator's
 //! oracle, not part of the blackout, and is reported separately.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kho_core::fdt::FdtTree;
@@ -32,7 +30,12 @@ use crate::ram::Ram;
 use crate::workload::{Workload, WorkloadConfig, WorkloadReport};
 
 /// Everything a run needs; carried across exec in the boot block.
+///
+/// It is read back from simulated RAM, so the next kernel checks it ([`SimConfig::check`])
+/// and nothing in it names a file or a program: the next kernel's binary and the results
+/// file come from the command line the trusted parent process wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SimConfig {
     /// RAM file size in bytes.
     pub ram: u64,
@@ -60,10 +63,6 @@ pub struct SimConfig {
     pub corrupt: Option<String>,
     /// Drop one page-cache folio's preservation in the first kernel.
     pub forget_preserve: bool,
-    /// Per-kernel results (JSON lines).
-    pub results: PathBuf,
-    /// The next kernel's binary (default: this executable).
-    pub next_kernel: Option<PathBuf>,
     /// Print one JSON document at the end instead of text.
     pub json: bool,
     /// Pages each kernel allocates early in boot (from scratch on a KHO boot).
@@ -116,6 +115,17 @@ impl SimConfig {
             && !["chunk", "bitmap-ptr", "fdt"].contains(&c.as_str())
         {
             return Err(SimError::Config(format!("unknown corruption {c:?} (expected chunk, bitmap-ptr or fdt)")));
+        }
+        let w = &self.workload;
+        if w.guest == 0 && w.page_cache == 0 && w.table == 0 {
+            return Err(SimError::Config(
+                "the workload is empty (--guest 0 --page-cache 0 --table 0): nothing would be preserved, so the \
+                 run could not fail"
+                    .into(),
+            ));
+        }
+        if self.kexecs == 0 || self.kexecs > 1000 {
+            return Err(SimError::Config(format!("{} kexecs (expected 1 to 1000)", self.kexecs)));
         }
         let layout = cold_scratch_layout(self.ram, self.scratch, self.nodes)?;
         let scratch: u64 = layout.iter().map(|r| r.len()).sum();
@@ -498,31 +508,4 @@ fn corrupt(m: &Machine, ptr: &kho_core::HandoverPtr, format: FormatVersion, what
             Ok(format!("radix root entry {i} at {at} set to {bad:#x}"))
         }
     }
-}
-
-/// Appends a report to the results file (one JSON line per kernel).
-///
-/// # Errors
-/// [`SimError::Io`].
-pub fn append_result(path: &Path, rep: &KernelReport) -> Result<(), SimError> {
-    let line = serde_json::to_string(rep).map_err(|e| SimError::Io(e.to_string()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| SimError::Io(format!("results file {}: {e}", path.display())))?;
-    writeln!(f, "{line}").map_err(|e| SimError::Io(format!("results file {}: {e}", path.display())))
-}
-
-/// Reads every kernel's report.
-///
-/// # Errors
-/// [`SimError::Io`].
-pub fn read_results(path: &Path) -> Result<Vec<KernelReport>, SimError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| SimError::Io(format!("results file {}: {e}", path.display())))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| SimError::Io(format!("results file {}: {e}", path.display()))))
-        .collect()
 }

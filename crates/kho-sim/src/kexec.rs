@@ -9,8 +9,9 @@
 //! would allocate the whole RAM file (4 GiB to 1 TiB) for nothing: a hole holds no data
 //! that could wrongly survive.
 //!
-//! **Exec.** The RAM file descriptor's `FD_CLOEXEC` flag is cleared and the next kernel
-//! binary runs `kho kernel --ram-fd N`; it finds everything else in the boot block.
+//! **Exec.** The RAM and results descriptors' `FD_CLOEXEC` flags are cleared and the next
+//! kernel binary runs `kho kernel --ram-fd N --results-fd M`; it finds the run's
+//! configuration in the boot block (and checks it), but never the program that runs next.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SimError;
 use crate::ram::{RAM_BASE, Ram};
+use crate::results::Results;
 
 /// The byte every poisoned page is filled with (Linux's `POISON_FREE`).
 pub const POISON_BYTE: u8 = 0x6b;
@@ -79,19 +81,63 @@ pub fn is_poisoned(mem: &impl PhysRead, phys: PhysAddr) -> Result<bool, SimError
     Ok(buf.iter().all(|&b| b == POISON_BYTE))
 }
 
-/// Replaces this process with the next kernel (`exe kernel --ram-fd N`). Returns only if
-/// the exec failed.
+/// Replaces this process with the next kernel: `exe kernel --ram-fd N --results-fd M`, plus
+/// `--next-kernel PATH` when the run names one, so every later kernel learns which program
+/// follows it from its trusted parent's command line, never from simulated RAM. Returns only
+/// if the exec failed.
 #[must_use]
-pub fn exec_next_kernel(ram: &Ram, exe: &Path) -> SimError {
-    let fd = match ram.inherit_fd() {
-        Ok(fd) => fd,
+pub fn exec_next_kernel(ram: &Ram, results: &Results, exe: &Path, next_kernel: Option<&Path>, json: bool) -> SimError {
+    let mut cmd = match next_kernel_command(ram, results, exe, next_kernel, json) {
+        Ok(c) => c,
         Err(e) => return e,
     };
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    let err = Command::new(exe).arg("kernel").arg("--ram-fd").arg(fd.to_string()).exec();
+    let err = cmd.exec();
     SimError::Io(format!("cannot exec the next kernel {}: {err}", exe.display()))
+}
+
+/// Makes this kernel process die (SIGTERM) when the process that started the chain does:
+/// a Ctrl-C or SIGTERM to `kho demo` ends the whole run, not just its supervisor. The setting
+/// survives `exec()`, so it is made once, in the first kernel.
+///
+/// # Errors
+/// [`SimError::Io`] if the parent is already gone (the kernel was re-parented) or `prctl`
+/// fails.
+pub fn die_with_parent() -> Result<(), SimError> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .map_err(|e| SimError::Io(format!("cannot set the parent-death signal: {e}")))?;
+    match rustix::process::getppid() {
+        Some(p) if !p.is_init() => Ok(()),
+        _ => Err(SimError::Io("the supervising `kho demo` is gone".into())),
+    }
+}
+
+/// The command line of a kernel process: `exe kernel --ram-fd N --results-fd M
+/// [--next-kernel PATH] [--json]`, with both descriptors made inheritable. `json` asks the
+/// kernel to print nothing on stdout (the supervisor prints one JSON document).
+///
+/// # Errors
+/// [`SimError`] if a descriptor's `FD_CLOEXEC` cannot be cleared.
+pub fn next_kernel_command(
+    ram: &Ram,
+    results: &Results,
+    exe: &Path,
+    next_kernel: Option<&Path>,
+    json: bool,
+) -> Result<Command, SimError> {
+    let fd = ram.inherit_fd()?;
+    let rfd = results.inherit_fd()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("kernel").arg("--ram-fd").arg(fd.to_string()).arg("--results-fd").arg(rfd.to_string());
+    if let Some(p) = next_kernel {
+        cmd.arg("--next-kernel").arg(p);
+    }
+    if json {
+        cmd.arg("--json");
+    }
+    Ok(cmd)
 }
 
 #[cfg(test)]

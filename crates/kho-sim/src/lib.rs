@@ -21,10 +21,12 @@ pub mod machine;
 pub mod memmap;
 #[allow(unsafe_code)] // the mapping: the crate's only unsafe code, each block with a SAFETY note
 pub mod ram;
+pub mod results;
 pub mod workload;
 
 pub use machine::{Machine, MapRef, ScratchSizes};
 pub use ram::{RAM_BASE, Ram};
+pub use results::Results;
 
 /// Errors of the simulator itself (the engine's own errors are `kho_core::Error`).
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +64,8 @@ pub enum SimError {
 
 impl SimError {
     /// Wraps an engine error with what was being done.
-    pub fn kho(context: impl Into<String>) -> impl FnOnce(kho_core::Error) -> SimError {
+    pub fn kho<E: Into<kho_core::Error>>(context: impl Into<String>) -> impl FnOnce(E) -> SimError {
         let context = context.into();
-        move |source| SimError::Kho { context, source }
+        move |source| SimError::Kho { context, source: source.into() }
     }
 }

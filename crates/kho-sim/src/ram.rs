@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::ptr::NonNull;
 
-use kho_core::{MemError, PAGE_SIZE, PhysAddr, PhysRange, PhysRead, PhysWrite};
+use kho_core::{Access, MemError, PAGE_SIZE, PhysAddr, PhysRange, PhysRead, PhysWrite};
 use rustix::fs::{MemfdFlags, SeekFrom};
 use rustix::io::{Errno, FdFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -117,18 +117,7 @@ impl Ram {
     /// # Errors
     /// [`SimError::Ram`] if `fd` is not an open file of a usable size.
     pub fn from_inherited_fd(fd: RawFd) -> Result<Self, SimError> {
-        // Check the descriptor is open before taking ownership of it.
-        let flags = rustix::io::fcntl_getfd(
-            // SAFETY: the descriptor is only borrowed for this call; `fcntl(F_GETFD)` on a
-            // closed or foreign number fails with EBADF and touches nothing.
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        )
-        .map_err(|e| SimError::Ram(format!("inherited RAM fd {fd} is not open: {e}")))?;
-        // SAFETY: the previous kernel process handed us this descriptor number exclusively
-        // (it was its RAM file, kept open across exec); nothing else in this process owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        rustix::io::fcntl_setfd(&fd, flags | FdFlags::CLOEXEC)
-            .map_err(|e| SimError::Ram(format!("cannot set FD_CLOEXEC on RAM fd: {e}")))?;
+        let fd = adopt_inherited_fd(fd, "RAM")?;
         let st = rustix::fs::fstat(&fd).map_err(|e| SimError::Ram(format!("cannot stat RAM fd: {e}")))?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
         if size <= RAM_BASE || size % PAGE_SIZE != 0 {
@@ -230,7 +219,7 @@ impl Ram {
     /// # Errors
     /// [`MemError`] past the end of the file.
     pub fn firmware_read(&self, phys: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let off = self.check(phys, buf.len(), 0)?;
+        let off = self.check(Access::Read, phys, buf.len(), 0)?;
         // SAFETY: `check` proved `[off, off + len)` lies inside the mapping. `buf` is a
         // distinct Rust allocation (the mapping is never handed out as a slice), and `Ram` is
         // not `Sync`, so no other Rust access to these bytes runs concurrently.
@@ -243,7 +232,7 @@ impl Ram {
     /// # Errors
     /// [`MemError`] past the end of the file.
     pub fn firmware_write(&self, phys: u64, data: &[u8]) -> Result<(), MemError> {
-        let off = self.check(phys, data.len(), 0)?;
+        let off = self.check(Access::Write, phys, data.len(), 0)?;
         // SAFETY: as in `firmware_read`, with the copy going the other way.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(off), data.len()) };
         Ok(())
@@ -255,8 +244,8 @@ impl Ram {
     /// # Errors
     /// [`MemError`] outside RAM.
     pub fn fill(&self, phys: u64, len: u64, pattern: &[u8; 64]) -> Result<(), MemError> {
-        let n = usize::try_from(len).map_err(|_| MemError { phys: PhysAddr::new(phys), len })?;
-        let off = self.check(phys, n, RAM_BASE)?;
+        let n = usize::try_from(len).map_err(|_| MemError::write(PhysAddr::new(phys), len))?;
+        let off = self.check(Access::Write, phys, n, RAM_BASE)?;
         let mut done = 0;
         while done < n {
             let k = (n - done).min(pattern.len());
@@ -268,8 +257,8 @@ impl Ram {
         Ok(())
     }
 
-    fn check(&self, phys: u64, len: usize, low: u64) -> Result<usize, MemError> {
-        let err = MemError { phys: PhysAddr::new(phys), len: len as u64 };
+    fn check(&self, access: Access, phys: u64, len: usize, low: u64) -> Result<usize, MemError> {
+        let err = MemError { access, phys: PhysAddr::new(phys), len: len as u64 };
         let end = phys.checked_add(len as u64).ok_or(err)?;
         if phys < low || end > self.size {
             return Err(err);
@@ -280,7 +269,7 @@ impl Ram {
 
 impl PhysRead for Ram {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        let off = self.check(phys.as_u64(), buf.len(), RAM_BASE)?;
+        let off = self.check(Access::Read, phys.as_u64(), buf.len(), RAM_BASE)?;
         // SAFETY: `check` proved `[off, off + len)` is inside the mapping and inside RAM;
         // `buf` is a separate allocation; no concurrent access (not `Sync`).
         unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
@@ -290,7 +279,7 @@ impl PhysRead for Ram {
 
 impl PhysWrite for Ram {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
-        let off = self.check(phys.as_u64(), data.len(), RAM_BASE)?;
+        let off = self.check(Access::Write, phys.as_u64(), data.len(), RAM_BASE)?;
         // SAFETY: as in `read_phys`, copying the other way.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(off), data.len()) };
         Ok(())
@@ -309,6 +298,44 @@ impl Drop for Ram {
 impl AsFd for Ram {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// Takes ownership of a descriptor the parent process left open across `exec()` (numbered
+/// on this process's command line), and sets `FD_CLOEXEC` on it again so it goes no further
+/// unless handed on explicitly. `what` names it in errors.
+///
+/// # Errors
+/// [`SimError::Ram`] if `fd` is not an open descriptor.
+pub fn adopt_inherited_fd(fd: RawFd, what: &str) -> Result<OwnedFd, SimError> {
+    if fd < 0 {
+        return Err(SimError::Ram(format!("inherited {what} fd {fd} is not a descriptor number")));
+    }
+    // Check the descriptor is open before taking ownership of it.
+    let flags = rustix::io::fcntl_getfd(
+        // SAFETY: the descriptor is only borrowed for this call; `fcntl(F_GETFD)` on a
+        // closed or foreign number fails with EBADF and touches nothing.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+    )
+    .map_err(|e| SimError::Ram(format!("inherited {what} fd {fd} is not open: {e}")))?;
+    // SAFETY: the previous kernel process handed us this descriptor number exclusively (it
+    // kept it open across exec for us); nothing else in this process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&fd, flags | FdFlags::CLOEXEC)
+        .map_err(|e| SimError::Ram(format!("cannot set FD_CLOEXEC on the {what} fd: {e}")))?;
+    Ok(fd)
+}
+
+/// An anonymous file: a `memfd_create` file, or an unlinked file in `/dev/shm` or the temp
+/// dir where memfd is unavailable. It has no name in any directory, so nothing is left
+/// behind however the process ends (Ctrl-C, SIGTERM, SIGKILL).
+///
+/// # Errors
+/// [`SimError::Ram`] if neither can be created.
+pub fn anonymous_file(name: &str) -> Result<OwnedFd, SimError> {
+    match rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC) {
+        Ok(fd) => Ok(fd),
+        Err(_) => unlinked_file(),
     }
 }
 

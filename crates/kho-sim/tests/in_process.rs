@@ -28,8 +28,6 @@ fn cfg(kexecs: u64) -> SimConfig {
         nodes: 1,
         corrupt: None,
         forget_preserve: false,
-        results: std::env::temp_dir().join("unused"),
-        next_kernel: None,
         json: false,
         early_pages: 16,
         crash_after: None,
@@ -78,4 +76,25 @@ fn five_kexecs_keep_every_byte_both_formats() {
         }
         assert!(reps[2..].iter().all(|r| r.workload.released_pages_checked > 0));
     }
+}
+
+#[test]
+fn an_empty_workload_is_refused_before_anything_runs() {
+    let mut c = cfg(1);
+    c.workload = WorkloadConfig { guest: 0, page_cache: 0, table: 0, churn_percent: 10 };
+    let e = c.check().unwrap_err().to_string();
+    assert!(e.contains("workload is empty"), "{e}");
+    c.workload.table = 4096;
+    assert!(c.check().is_ok());
+}
+
+#[test]
+fn the_configuration_in_ram_names_no_program_or_file() {
+    let c = cfg(1);
+    let text = serde_json::to_string(&c).unwrap();
+    assert!(!text.contains("next_kernel") && !text.contains("results"), "{text}");
+    // A crafted boot block that tries to name the next kernel is refused, not obeyed.
+    let crafted = text.replacen('{', "{\"next_kernel\":\"/bin/sh\",", 1);
+    let e = serde_json::from_str::<SimConfig>(&crafted).unwrap_err().to_string();
+    assert!(e.contains("unknown field `next_kernel`"), "{e}");
 }

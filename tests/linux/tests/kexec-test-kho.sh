@@ -12,14 +12,15 @@
 #   wrong-order         test_kho: "KHO restore failed"      (folio_order differs from the list)
 #   unknown-compatible  KHO: "... is incompatible with 'kho-v4'", "disabling KHO revival"
 #
-# Usage: tests/linux/tests/kexec-test-kho.sh [CASE...]   (default: ok and all four controls)
+# Usage: tests/linux/tests/kexec-test-kho.sh [CASE...]   (default: ok, ok-32m (32 MiB of folios,
+# another seed) and the four controls)
 # Each case is one boot of kernel 1 plus a kexec into kernel 2 under QEMU TCG.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/../lib.sh"
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(ok checksum missing-folio wrong-order unknown-compatible)
+[ ${#cases[@]} -gt 0 ] || cases=(ok ok-32m checksum missing-folio wrong-order unknown-compatible)
 
 t_start=$SECONDS
 kdir="$(build_kernel)"
@@ -28,7 +29,7 @@ work="$(mktemp -d /tmp/kho-kexec-test.XXXXXX)"
 log "work directory: $work"
 
 cat >"$work/guest.sh" <<'GUEST'
-case_="$(sed -n 's/.*kho_case=\([a-z-]*\).*/\1/p' /proc/cmdline)"
+case_="$(sed -n 's/.*kho_case=\([a-z0-9-]*\).*/\1/p' /proc/cmdline)"
 if grep -q kho_stage=2 /proc/cmdline; then
   echo "KHO-T2: stage 2 case=$case_"
   dmesg | grep -E "KHO|test_kho" | sed 's/^/KHO-T2-DMESG: /'
@@ -38,7 +39,11 @@ if grep -q kho_stage=2 /proc/cmdline; then
 fi
 echo "KHO-T2: stage 1 case=$case_"
 corrupt=""
-[ "$case_" = ok ] || corrupt="--corrupt $case_"
+case "$case_" in
+  ok) ;;
+  ok-32m) corrupt="--test-mem 32M --seed 2" ;;   # more folios and bytes through the checksum
+  *) corrupt="--corrupt $case_" ;;
+esac
 append="console=ttyS0 kho=on kho_scratch=32M,256M,32M nokaslr panic=-1 reboot=t kho_stage=2 kho_case=$case_"
 echo "=== BEGIN dry-run ==="
 kho kexec --kernel /boot/bzImage --initrd /boot/stage2.cpio --append "$append" --dry-run $corrupt 2>&1
@@ -79,19 +84,27 @@ for c in "${cases[@]}"; do
   absent "$serial" "KHO-T2: kho kexec returned" "case $c: a failed kexec_load/reboot"
   expect_line "$serial" "KHO-T2: stage 2 case=$c" "case $c: kernel 2 boots from our kexec_load"
   case "$c" in
-    ok)
+    ok | ok-32m)
       expect_line "$serial" "^self-check: our incoming side accepts it" "our own incoming side accepts the handover"
       expect_line "$serial" "KHO: found kexec handover data" "kernel 2 accepts the SETUP_KEXEC_KHO handover"
       expect_line "$serial" "KHO: exec from: .* \(count 1\)" "kernel 2 reads our kexec-metadata blob"
       expect_line "$serial" "test_kho: KHO restore succeeded" "kernel 2's test_kho verifies every folio"
       absent "$serial" "test_kho: KHO restore failed" "test_kho failure"
       absent "$serial" "disabling KHO revival" "KHO revival disabled"
+      expect_line "$serial" "^=== END inspect-in rc=0 ===" "kernel 2's kho inspect --incoming exits 0"
+      expect_line "$serial" "^  kexec-metadata +0x[0-9a-f]+, 73 bytes" "kho inspect in kernel 2 shows our kexec-metadata blob"
+      expect_line "$serial" "gave it: FDT at 0x[0-9a-f]+, scratch array" "kernel 2's setup_data names our handover"
       ;;
     checksum | missing-folio | wrong-order)
       expect_line "$serial" "^self-check: refused as expected" "case $c: our own incoming side refuses it"
       expect_line "$serial" "KHO: found kexec handover data" "case $c: kernel 2 takes the handover"
       expect_line "$serial" "test_kho: KHO restore failed" "case $c: kernel 2's test_kho refuses it"
       absent "$serial" "test_kho: KHO restore succeeded" "case $c: test_kho success"
+      if [ "$c" = missing-folio ]; then # kho_restore_page's magic check fires on the unpreserved folio
+        expect_line "$serial" "WARNING: kernel/liveupdate/kexec_handover.c:[0-9]+" "case $c: KHO warns on the folio without magic"
+      else # the folios restore; the checksum or the order differs
+        absent "$serial" "WARNING: kernel/liveupdate/kexec_handover.c" "case $c: a KHO restore warning"
+      fi
       ;;
     unknown-compatible)
       expect_line "$serial" "^self-check: refused as expected.*kho-v9" "case $c: our own incoming side refuses it"

@@ -33,6 +33,9 @@ K=/sys/kernel/debug/kho
 if grep -q kho_stage=2 /proc/cmdline; then
   echo "KHO-T1: stage 2 (after KHO kexec)"
   ls $K $K/in $K/in/sub_fdts
+  for d in /sys/kernel/boot_params/setup_data/*; do
+    echo "KHO-T1: setup_data $(basename $d): type $(cat $d/type), $(wc -c <$d/data) bytes: $(od -A n -t x8 $d/data | tr -s ' \n' ' ')"
+  done
   section inspect-in kho inspect --incoming
   section inspect-in-json kho inspect --incoming --json
   section validate-in kho validate --incoming
@@ -67,8 +70,10 @@ boot_t0=$SECONDS
 boot_qemu "$kdir/bzImage" "$work/stage1.cpio" "$append" "${KHO_TEST_TIMEOUT:-600}" "$serial" \
   || die "QEMU did not finish by itself (exit $?); serial log: $serial"
 boot_s=$((SECONDS - boot_t0))
-tr -d '\r' <"$serial" >"$work/serial.txt"
-serial="$work/serial.txt"
+mkdir -p "$KHO_CACHE/logs"
+tr -d '\r' <"$serial" >"$KHO_CACHE/logs/live-inspect.serial.txt"
+serial="$KHO_CACHE/logs/live-inspect.serial.txt"
+log "serial log kept in $serial"
 
 # --- kernel 1 -------------------------------------------------------------------------------
 expect_line "$serial" "KHO-T1: stage 1" "kernel 1 runs the test"
@@ -129,6 +134,9 @@ assert d["subtrees"] == k["subtrees"]
 # Kernel 2: the same handover, consumed.
 assert i["valid"] and i["consumed"] and not i["problems"], i["problems"]
 assert i["root_fdt"]["memory_map"] == k["root_fdt"]["memory_map"]
+# Found through x86 setup_data SETUP_KEXEC_KHO: the FDT address and kernel 1's scratch array.
+assert i["root_fdt"]["phys"] == k["root_fdt"]["phys"], (i["root_fdt"], k["root_fdt"])
+assert i["inputs"]["scratch"].startswith("kho_scratch[] at"), i["inputs"]["scratch"]
 assert i["root_fdt"]["size"] == k["root_fdt"]["size"]
 assert [(s["name"], s["phys"], s["size"]) for s in i["subtrees"]] == [(s["name"], s["phys"], s["size"]) for s in k["subtrees"]]
 ti = {s["name"]: s for s in i["subtrees"]}["kho_test"]["decoded"]

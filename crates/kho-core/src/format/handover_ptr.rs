@@ -9,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
 use crate::fdt::FdtNode;
 use crate::format::le64;
 use crate::types::PhysAddr;
@@ -53,15 +53,14 @@ impl HandoverPtr {
     /// payload shorter than 32 bytes is refused (`at` is its address, for the message).
     ///
     /// # Errors
-    /// [`Error::BadValue`] for a short payload.
-    pub fn from_setup_data_payload(payload: &[u8], at: PhysAddr) -> Result<Self> {
+    /// [`DecodeErrorKind::BadValue`] for a short payload.
+    pub fn from_setup_data_payload(payload: &[u8], at: PhysAddr) -> Result<Self, DecodeError> {
         if payload.len() < KHO_DATA_BYTES {
-            return Err(Error::BadValue {
-                what: Field::SetupData,
+            return Err(DecodeError::new(
+                Field::SetupData,
                 at,
-                found: payload.len() as u64,
-                expected: "a 32-byte kho_data payload",
-            });
+                DecodeErrorKind::BadValue { found: payload.len() as u64, expected: "a 32-byte kho_data payload" },
+            ));
         }
         Ok(Self {
             fdt: PhysAddr::new(le64(payload, 0)),
@@ -85,9 +84,11 @@ impl HandoverPtr {
     /// Decodes a whole `setup_data` node; returns the pointer and the `next` field.
     ///
     /// # Errors
-    /// [`Error::BadValue`] for a short node, a type other than 10, or a `len` below 32.
-    pub fn from_setup_data_node(node: &[u8], at: PhysAddr) -> Result<(Self, PhysAddr)> {
-        let bad = |found: u64, expected| Error::BadValue { what: Field::SetupData, at, found, expected };
+    /// [`DecodeErrorKind::BadValue`] for a short node, a type other than 10, or a `len` below 32.
+    pub fn from_setup_data_node(node: &[u8], at: PhysAddr) -> Result<(Self, PhysAddr), DecodeError> {
+        let bad = |found: u64, expected| {
+            DecodeError::new(Field::SetupData, at, DecodeErrorKind::BadValue { found, expected })
+        };
         let hdr = node.get(..16).ok_or_else(|| bad(node.len() as u64, "a 16-byte setup_data header"))?;
         let ty = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
         let len = u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
@@ -114,26 +115,26 @@ impl HandoverPtr {
     /// boots cold); wrong lengths are errors.
     ///
     /// # Errors
-    /// [`Error::MissingProperty`] or [`Error::PropertyLength`].
-    pub fn from_chosen(chosen: &FdtNode, address_cells: u32, size_cells: u32) -> Result<Self> {
-        let read = |prop: &'static str| -> Result<(u64, u64)> {
-            let v = chosen.get(prop).ok_or_else(|| Error::MissingProperty {
-                at: PhysAddr::new(0),
-                node: "/chosen".into(),
-                prop,
+    /// [`DecodeErrorKind::MissingProperty`] or [`DecodeErrorKind::PropertyLength`].
+    pub fn from_chosen(chosen: &FdtNode, address_cells: u32, size_cells: u32) -> Result<Self, DecodeError> {
+        let read = |prop: &'static str| -> Result<(u64, u64), DecodeError> {
+            let v = chosen.get(prop).ok_or_else(|| {
+                DecodeError::new(
+                    Field::for_property(prop),
+                    PhysAddr::new(0),
+                    DecodeErrorKind::MissingProperty { node: "/chosen".into(), prop },
+                )
             })?;
             // Cell counts come from the boot loader's device tree: range-check them before
             // any arithmetic (0xffffffff + 2 overflows u32).
             let cells_ok = (1..=2).contains(&address_cells) && (1..=2).contains(&size_cells);
             let want = 4 * (address_cells as usize).saturating_add(size_cells as usize);
             if !cells_ok || v.len() != want {
-                return Err(Error::PropertyLength {
-                    at: PhysAddr::new(0),
-                    node: "/chosen".into(),
-                    prop,
-                    len: v.len(),
-                    expected: want,
-                });
+                return Err(DecodeError::new(
+                    Field::for_property(prop),
+                    PhysAddr::new(0),
+                    DecodeErrorKind::PropertyLength { node: "/chosen".into(), prop, len: v.len(), expected: want },
+                ));
             }
             let (a, s) = v.split_at(4 * address_cells as usize);
             Ok((be_cells(a), be_cells(s)))
@@ -194,7 +195,7 @@ mod tests {
         wrong[8] = 9;
         assert!(matches!(
             HandoverPtr::from_setup_data_node(&wrong, PhysAddr::new(0)),
-            Err(Error::BadValue { found: 9, .. })
+            Err(DecodeError { kind: DecodeErrorKind::BadValue { found: 9, .. }, .. })
         ));
         assert!(HandoverPtr::from_setup_data_payload(&node[16..40], PhysAddr::new(0)).is_err());
     }
@@ -217,8 +218,11 @@ mod tests {
         let short = FdtNode::new("chosen").prop(CHOSEN_FDT, &[0; 8]).prop(CHOSEN_SCRATCH, &props[1].1);
         assert!(matches!(
             HandoverPtr::from_chosen(&short, 2, 2),
-            Err(Error::PropertyLength { len: 8, expected: 16, .. })
+            Err(DecodeError { kind: DecodeErrorKind::PropertyLength { len: 8, expected: 16, .. }, .. })
         ));
-        assert!(matches!(HandoverPtr::from_chosen(&FdtNode::new("chosen"), 2, 2), Err(Error::MissingProperty { .. })));
+        assert!(matches!(
+            HandoverPtr::from_chosen(&FdtNode::new("chosen"), 2, 2),
+            Err(DecodeError { kind: DecodeErrorKind::MissingProperty { .. }, .. })
+        ));
     }
 }

@@ -10,7 +10,7 @@
 
 use alloc::string::String;
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
 use crate::types::PhysAddr;
 
 /// Bytes of the packed struct.
@@ -39,9 +39,10 @@ impl KexecMetadata {
     /// that is not UTF-8 is kept lossily: it is informational.
     ///
     /// # Errors
-    /// [`Error::BadValue`] (`Blob`) naming the check that failed.
-    pub fn parse(blob: &[u8], at: PhysAddr) -> Result<Self> {
-        let bad = |found: u64, expected| Error::BadValue { what: Field::Blob, at, found, expected };
+    /// [`DecodeErrorKind::BadValue`] (`Blob`) naming the check that failed.
+    pub fn parse(blob: &[u8], at: PhysAddr) -> Result<Self, DecodeError> {
+        let bad =
+            |found: u64, expected| DecodeError::new(Field::Blob, at, DecodeErrorKind::BadValue { found, expected });
         let Some(v) = blob.get(..4) else {
             return Err(bad(blob.len() as u64, "a blob of at least 4 bytes (the version)"));
         };
@@ -54,12 +55,14 @@ impl KexecMetadata {
         };
         let release = &b[RELEASE_OFFSET..COUNT_OFFSET];
         let Some(len) = release.iter().position(|&c| c == 0) else {
-            return Err(Error::BadValue {
-                what: Field::Blob,
-                at: PhysAddr::new(at.as_u64().wrapping_add(RELEASE_OFFSET as u64)),
-                found: RELEASE_BYTES as u64,
-                expected: "a NUL-terminated release string within 65 bytes",
-            });
+            return Err(DecodeError::new(
+                Field::Blob,
+                PhysAddr::new(at.as_u64().wrapping_add(RELEASE_OFFSET as u64)),
+                DecodeErrorKind::BadValue {
+                    found: RELEASE_BYTES as u64,
+                    expected: "a NUL-terminated release string within 65 bytes",
+                },
+            ));
         };
         let c = &b[COUNT_OFFSET..SIZE];
         Ok(Self {
@@ -115,17 +118,23 @@ mod tests {
     fn checks_in_linux_order() {
         let at = PhysAddr::new(0x8000);
         let e = KexecMetadata::parse(&[1, 0, 0], at).unwrap_err();
-        assert!(matches!(e, Error::BadValue { what: Field::Blob, found: 3, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::Blob, kind: DecodeErrorKind::BadValue { found: 3, .. }, .. }),
+            "{e}"
+        );
         let mut b = KexecMetadata::new("r", 1).to_bytes();
         b[0] = 2;
         let e = KexecMetadata::parse(&b, at).unwrap_err();
-        assert!(matches!(e, Error::BadValue { found: 2, .. }), "{e}");
+        assert!(matches!(e, DecodeError { kind: DecodeErrorKind::BadValue { found: 2, .. }, .. }), "{e}");
         b[0] = 1;
         let e = KexecMetadata::parse(&b[..72], at).unwrap_err();
-        assert!(matches!(e, Error::BadValue { found: 72, .. }), "{e}");
+        assert!(matches!(e, DecodeError { kind: DecodeErrorKind::BadValue { found: 72, .. }, .. }), "{e}");
         b[4..69].fill(b'a');
         let e = KexecMetadata::parse(&b, at).unwrap_err();
-        assert!(matches!(e, Error::BadValue { at, found: 65, .. } if at == PhysAddr::new(0x8004)), "{e}");
+        assert!(
+            matches!(e, DecodeError { at, kind: DecodeErrorKind::BadValue { found: 65, .. }, .. } if at == PhysAddr::new(0x8004)),
+            "{e}"
+        );
         // Longer blobs are fine (blob-size may be rounded up).
         let mut long = KexecMetadata::new("r", 9).to_bytes().to_vec();
         long.extend_from_slice(&[0xff; 8]);

@@ -7,7 +7,7 @@ use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use crate::blockset::BlockSet;
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
 use crate::format::{BitmapBytes, WalkContext, le64};
 use crate::platform::{PhysRead, Platform};
 use crate::types::{Order, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, PFN_LIMIT, PhysAddr};
@@ -43,8 +43,8 @@ pub struct ChunkList {
 /// every page taken is given back.
 ///
 /// # Errors
-/// [`Error::OutOfMemory`], or a platform write error.
-pub fn encode<P: Platform + ?Sized>(plat: &P, entries: &[Entry]) -> Result<ChunkList> {
+/// [`OutgoingError::OutOfMemory`], or [`OutgoingError::Memory`] for a failed write.
+pub fn encode<P: Platform + ?Sized>(plat: &P, entries: &[Entry]) -> Result<ChunkList, OutgoingError> {
     let mut list = ChunkList::default();
     let result = encode_into(plat, entries, &mut list);
     if let Err(e) = result {
@@ -54,10 +54,11 @@ pub fn encode<P: Platform + ?Sized>(plat: &P, entries: &[Entry]) -> Result<Chunk
     Ok(list)
 }
 
-fn encode_into<P: Platform + ?Sized>(plat: &P, entries: &[Entry], list: &mut ChunkList) -> Result<()> {
+fn encode_into<P: Platform + ?Sized>(plat: &P, entries: &[Entry], list: &mut ChunkList) -> Result<(), OutgoingError> {
     let mut page = [0u8; PAGE_BYTES];
     let mut cur: Option<(PhysAddr, Order, usize)> = None;
-    let write = |at: PhysAddr, buf: &[u8]| plat.write_phys(at, buf).map_err(|e| Error::unreadable(Field::ChunkNext, e));
+    let write =
+        |at: PhysAddr, buf: &[u8]| plat.write_phys(at, buf).map_err(|e| OutgoingError::memory(Field::ChunkNext, e));
     for e in entries {
         let start_new = match cur {
             Some((_, order, n)) => order != e.order || n == CHUNK_CAPACITY,
@@ -112,7 +113,7 @@ pub fn decode<M: PhysRead + ?Sized>(
     at: PhysAddr,
     bitmap: BitmapBytes,
     out: &mut BlockSet,
-) -> Result<()> {
+) -> Result<(), DecodeError> {
     let mut visited = BTreeSet::new();
     let (mut cur, mut at, mut what) = (first, at, Field::PreservedMemoryMap);
     let mut page = [0u8; PAGE_BYTES];
@@ -120,25 +121,26 @@ pub fn decode<M: PhysRead + ?Sized>(
     let mut words = alloc::vec![0u64; bitmap.words()];
     while !cur.is_null() {
         if !visited.insert(cur) {
-            return Err(Error::Cycle { what, at, target: cur });
+            return Err(DecodeError::new(what, at, DecodeErrorKind::Cycle { target: cur }));
         }
         ctx.read_meta_page(what, at, cur, &mut page)?;
         let raw_order = u32::from_le_bytes(page[8..12].try_into().expect("4 bytes"));
         let num = u32::from_le_bytes(page[12..16].try_into().expect("4 bytes"));
         let field_at = |off: u64| PhysAddr::new(cur.as_u64() + off);
-        let order = Order::new(raw_order).ok_or(Error::OrderTooLarge {
-            what: Field::ChunkOrder,
-            at: field_at(8),
-            order: u64::from(raw_order),
-            max: u32::from(crate::types::ORDER_LIMIT),
-        })?;
+        let order = Order::new(raw_order).ok_or(DecodeError::new(
+            Field::ChunkOrder,
+            field_at(8),
+            DecodeErrorKind::OrderTooLarge { order: u64::from(raw_order), max: u32::from(crate::types::ORDER_LIMIT) },
+        ))?;
         if num as usize > CHUNK_CAPACITY {
-            return Err(Error::BadValue {
-                what: Field::ChunkNumElms,
-                at: field_at(12),
-                found: u64::from(num),
-                expected: "at most 255 entries (a chunk's capacity)",
-            });
+            return Err(DecodeError::new(
+                Field::ChunkNumElms,
+                field_at(12),
+                DecodeErrorKind::BadValue {
+                    found: u64::from(num),
+                    expected: "at most 255 entries (a chunk's capacity)",
+                },
+            ));
         }
         // Bytes one bitmap spans; alignment of phys_start. At huge orders it passes 2^64 and
         // only phys_start 0 is possible.
@@ -149,20 +151,21 @@ pub fn decode<M: PhysRead + ?Sized>(
             let phys_start = le64(&page, off);
             let span_mask = if span_shift >= 64 { u64::MAX } else { (1u64 << span_shift) - 1 };
             if phys_start & span_mask != 0 {
-                return Err(Error::Misaligned {
-                    what: Field::ChunkPhysStart,
-                    at: entry_at,
-                    value: phys_start,
-                    align: span_mask.wrapping_add(1),
-                });
+                return Err(DecodeError::new(
+                    Field::ChunkPhysStart,
+                    entry_at,
+                    DecodeErrorKind::Misaligned { value: phys_start, align: span_mask.wrapping_add(1) },
+                ));
             }
             if phys_start >> PAGE_SHIFT >= PFN_LIMIT {
-                return Err(Error::BadValue {
-                    what: Field::ChunkPhysStart,
-                    at: entry_at,
-                    found: phys_start,
-                    expected: "an address below the 52-bit physical limit",
-                });
+                return Err(DecodeError::new(
+                    Field::ChunkPhysStart,
+                    entry_at,
+                    DecodeErrorKind::BadValue {
+                        found: phys_start,
+                        expected: "an address below the 52-bit physical limit",
+                    },
+                ));
             }
             let bm = PhysAddr::new(le64(&page, off + 8));
             let bm_at = field_at(off as u64 + 8);

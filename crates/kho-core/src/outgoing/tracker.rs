@@ -11,7 +11,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::blockset::BlockSet;
-use crate::error::{Error, Field, Result};
+use crate::error::{Field, OutgoingError, Result};
 use crate::format::BitmapBytes;
 use crate::platform::{MetaAlloc, PhysRead, PhysWrite};
 use crate::types::{Block, ORDER_LIMIT, Order, PAGE_SIZE, Pfn, PhysAddr};
@@ -94,8 +94,8 @@ pub(crate) struct Tracker {
     bytes: u64,
 }
 
-fn platform_err(e: crate::platform::MemError) -> Error {
-    Error::unreadable(Field::ChunkBitmap, e)
+fn platform_err(e: crate::platform::MemError) -> OutgoingError {
+    OutgoingError::memory(Field::ChunkBitmap, e)
 }
 
 impl Tracker {
@@ -120,7 +120,7 @@ impl Tracker {
         self.orders.get(order.as_u32() as usize)?.get(index)
     }
 
-    pub(crate) fn contains<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<bool> {
+    pub(crate) fn contains<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<bool, OutgoingError> {
         let (index, off, mask) = self.locate(block);
         let Some(bm) = self.slot(block.order(), index) else { return Ok(false) };
         let w = mem.read_u64(PhysAddr::new(bm.as_u64() + off)).map_err(platform_err)?;
@@ -128,7 +128,13 @@ impl Tracker {
     }
 
     /// Any block of `order` inside frames `[start, end)` (both aligned to `order`)?
-    fn any_in<M: PhysRead + ?Sized>(&self, mem: &M, order: Order, start: u64, end: u64) -> Result<Option<Block>> {
+    fn any_in<M: PhysRead + ?Sized>(
+        &self,
+        mem: &M,
+        order: Order,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Block>, OutgoingError> {
         let Some(units) = self.orders.get(order.as_u32() as usize) else { return Ok(None) };
         let bits = self.bitmap.bits();
         let (first, last) = (start >> order.as_u32(), (end >> order.as_u32()).saturating_sub(1));
@@ -155,7 +161,11 @@ impl Tracker {
     }
 
     /// The tracked block that overlaps `block`, if any (exact duplicates included).
-    pub(crate) fn overlapping<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<Option<Block>> {
+    pub(crate) fn overlapping<M: PhysRead + ?Sized>(
+        &self,
+        mem: &M,
+        block: Block,
+    ) -> Result<Option<Block>, OutgoingError> {
         let (s, e) = (block.pfn().as_u64(), block.end_pfn());
         for order in self.present_orders() {
             if order >= block.order() {
@@ -175,7 +185,7 @@ impl Tracker {
         &mut self,
         plat: &P,
         scratch: &[crate::types::PhysRange],
-    ) -> Result<PhysAddr> {
+    ) -> Result<PhysAddr, OutgoingError> {
         if let Some(s) = self.free_slots.pop() {
             *self.page_use.entry(s.as_u64() & !(PAGE_SIZE - 1)).or_default() += 1;
             return Ok(s);
@@ -193,7 +203,7 @@ impl Tracker {
         Ok(page)
     }
 
-    fn free_slot<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) -> Result<()> {
+    fn free_slot<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) -> Result<(), OutgoingError> {
         let zero = [0u8; 512];
         for off in (0..self.bitmap.bytes()).step_by(512) {
             plat.write_phys(PhysAddr::new(slot.as_u64() + off), &zero).map_err(platform_err)?;
@@ -217,7 +227,7 @@ impl Tracker {
         plat: &P,
         scratch: &[crate::types::PhysRange],
         block: Block,
-    ) -> Result<()> {
+    ) -> Result<(), OutgoingError> {
         let (index, off, mask) = self.locate(block);
         let bm = match self.slot(block.order(), index) {
             Some(bm) => bm,
@@ -240,7 +250,11 @@ impl Tracker {
     }
 
     /// Clears a block's bit; frees the bitmap when it becomes empty.
-    pub(crate) fn remove<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, block: Block) -> Result<bool> {
+    pub(crate) fn remove<P: PhysWrite + MetaAlloc + ?Sized>(
+        &mut self,
+        plat: &P,
+        block: Block,
+    ) -> Result<bool, OutgoingError> {
         let (index, off, mask) = self.locate(block);
         let Some(bm) = self.slot(block.order(), index) else { return Ok(false) };
         let addr = PhysAddr::new(bm.as_u64() + off);
@@ -264,7 +278,7 @@ impl Tracker {
         Ok(true)
     }
 
-    fn bitmap_is_empty<M: PhysRead + ?Sized>(&self, mem: &M, bm: PhysAddr) -> Result<bool> {
+    fn bitmap_is_empty<M: PhysRead + ?Sized>(&self, mem: &M, bm: PhysAddr) -> Result<bool, OutgoingError> {
         let mut buf = [0u8; 512];
         for off in (0..self.bitmap.bytes()).step_by(512) {
             mem.read_phys(PhysAddr::new(bm.as_u64() + off), &mut buf).map_err(platform_err)?;
@@ -284,7 +298,7 @@ impl Tracker {
     }
 
     /// Copies the tracked blocks into a [`BlockSet`].
-    pub(crate) fn snapshot<M: PhysRead + ?Sized>(&self, mem: &M) -> Result<BlockSet> {
+    pub(crate) fn snapshot<M: PhysRead + ?Sized>(&self, mem: &M) -> Result<BlockSet, OutgoingError> {
         let mut set = BlockSet::new();
         let mut buf = alloc::vec![0u8; self.bitmap.bytes() as usize];
         let mut words = alloc::vec![0u64; self.bitmap.words()];
@@ -337,7 +351,16 @@ impl Tracker {
 
 /// Metadata must live outside scratch: the next kernel allocates from scratch before it has
 /// read the metadata (Linux 6.18 added the same check after KFENCE put bitmaps there).
-pub(crate) fn check_meta_page(scratch: &[crate::types::PhysRange], what: Field, page: PhysAddr) -> Result<()> {
-    let range = crate::types::PhysRange::new(page, PAGE_SIZE).ok_or(Error::Null { what, at: page })?;
-    crate::format::check_not_in_scratch(scratch, what, page, range)
+pub(crate) fn check_meta_page(
+    scratch: &[crate::types::PhysRange],
+    what: Field,
+    page: PhysAddr,
+) -> Result<(), OutgoingError> {
+    let range = crate::types::PhysRange::new(page, PAGE_SIZE).ok_or(OutgoingError::BadValue {
+        what,
+        at: page,
+        found: page.as_u64(),
+        expected: "a page below 2^64",
+    })?;
+    Ok(crate::format::check_not_in_scratch(scratch, what, page, range)?)
 }
