@@ -72,6 +72,24 @@ impl From<kho_core::Error> for MiniError {
     }
 }
 
+impl From<kho_core::DecodeError> for MiniError {
+    fn from(e: kho_core::DecodeError) -> Self {
+        MiniError::Kho(e.into())
+    }
+}
+
+impl From<kho_core::OutgoingError> for MiniError {
+    fn from(e: kho_core::OutgoingError) -> Self {
+        MiniError::Kho(e.into())
+    }
+}
+
+impl From<kho_core::RestoreError> for MiniError {
+    fn from(e: kho_core::RestoreError) -> Self {
+        MiniError::Kho(e.into())
+    }
+}
+
 /// Result with [`MiniError`].
 pub type Result<T, E = MiniError> = core::result::Result<T, E>;
 

@@ -7,7 +7,7 @@ use core::arch::{asm, global_asm};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kho_core::{MemError, PhysAddr, PhysRange, PhysRead, PhysWrite};
+use kho_core::{Access, MemError, PhysAddr, PhysRange, PhysRead, PhysWrite};
 use kho_mini::flow::{self, Probe};
 use kho_mini::memory::{bump, check_access, intersect};
 use kho_mini::pvh;
@@ -358,14 +358,14 @@ impl IdentityMem {
         Self { ram: intersect(ram, &[window]), own }
     }
 
-    fn check(&self, phys: PhysAddr, len: usize) -> Result<(), MemError> {
-        check_access(&self.ram, &self.own, phys, len)
+    fn check(&self, access: Access, phys: PhysAddr, len: usize) -> Result<(), MemError> {
+        check_access(&self.ram, &self.own, access, phys, len)
     }
 }
 
 impl PhysRead for IdentityMem {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        self.check(phys, buf.len())?;
+        self.check(Access::Read, phys, buf.len())?;
         // SAFETY: `check` proved [phys, phys + len) is RAM inside the identity map (so the
         // address is the pointer), not null, and disjoint from the image and heap, so no
         // Rust object is aliased; `buf` is a distinct live buffer of `len` bytes.
@@ -376,7 +376,7 @@ impl PhysRead for IdentityMem {
 
 impl PhysWrite for IdentityMem {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
-        self.check(phys, data.len())?;
+        self.check(Access::Write, phys, data.len())?;
         // SAFETY: as in `read_phys`: identity-mapped RAM outside every Rust object.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys.as_u64() as *mut u8, data.len()) }
         Ok(())

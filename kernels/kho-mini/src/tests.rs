@@ -205,7 +205,13 @@ fn corrupted_handover_is_refused_and_the_kernel_boots_cold() {
     loader_side(&mem, Some(ptr));
     let (_, log, first) = boot(&mem, BP, IMAGE);
     assert!(
-        matches!(&first.verdict, Verdict::Refused(crate::MiniError::Kho(kho_core::Error::Incompatible { .. }))),
+        matches!(
+            &first.verdict,
+            Verdict::Refused(crate::MiniError::Kho(kho_core::Error::Decode(kho_core::DecodeError {
+                kind: kho_core::DecodeErrorKind::Incompatible { .. },
+                ..
+            })))
+        ),
         "{log}"
     );
     assert!(log.contains("kho-mini: handover refused: ") && log.contains("; cold boot"), "{log}");
