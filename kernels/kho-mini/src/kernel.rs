@@ -417,6 +417,14 @@ extern "C" fn kmini_exception(vector: u64, error: u64, rip: u64, cr2: u64) -> ! 
     halt()
 }
 
+/// Whether 5-level paging (CR4.LA57) is on: the previous kernel's choice, kept.
+fn five_level_paging() -> bool {
+    let cr4: u64;
+    // SAFETY: reading CR4 has no side effect; this kernel runs at CPL 0.
+    unsafe { asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags)) }
+    cr4 & (1 << 12) != 0
+}
+
 fn halt() -> ! {
     loop {
         // SAFETY: `hlt` with interrupts off stops this CPU; nothing is touched.
@@ -446,7 +454,11 @@ extern "C" fn kmain(info: u64, kind: u64, image_start: u64, image_end: u64) -> !
     let out = &mut Serial;
     let how = if kind == KIND_PVH { "PVH start info" } else { "boot_params" };
     // A newline first: firmware may have left a partial line on the console.
-    let _ = writeln!(out, "\nkho-mini: started at {image_start:#x}-{image_end:#x}, {how} at {info:#x}");
+    let paging = if five_level_paging() { 5 } else { 4 };
+    let _ = writeln!(
+        out,
+        "\nkho-mini: started at {image_start:#x}-{image_end:#x}, {how} at {info:#x}, {paging}-level paging"
+    );
     let image = PhysRange::from_bounds(PhysAddr::new(image_start), PhysAddr::new(image_end))
         .unwrap_or_else(|| fail("bad image bounds", &image_end));
     let all = [PhysRange::from_bounds(PhysAddr::new(0), PhysAddr::new(MAP_LIMIT)).expect("window")];
