@@ -37,6 +37,8 @@ pub enum MiniError {
     },
     /// The engine refused something.
     Kho(kho_core::Error),
+    /// kho-boot refused the next kernel's image.
+    Boot(kho_boot::BootError),
     /// The folios do not match what their producer recorded.
     Verify {
         /// What differs.
@@ -59,6 +61,7 @@ impl fmt::Display for MiniError {
                 write!(f, "{what}: no free memory for {size:#x} bytes aligned to {align:#x}")
             }
             MiniError::Kho(e) => write!(f, "{e}"),
+            MiniError::Boot(e) => write!(f, "next kernel: {e}"),
             MiniError::Verify { what, found, expected } => {
                 write!(f, "{what}: found {found:#x}, expected {expected:#x}")
             }
@@ -69,6 +72,12 @@ impl fmt::Display for MiniError {
 impl From<kho_core::Error> for MiniError {
     fn from(e: kho_core::Error) -> Self {
         MiniError::Kho(e)
+    }
+}
+
+impl From<kho_boot::BootError> for MiniError {
+    fn from(e: kho_boot::BootError) -> Self {
+        MiniError::Boot(e)
     }
 }
 
