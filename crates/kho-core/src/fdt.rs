@@ -199,12 +199,12 @@ fn convert(
     *budget = budget.checked_sub(1).ok_or_else(|| alloc::format!("more than {MAX_NODES} nodes"))?;
     let mut out = FdtNode::new(node.name());
     for p in node.properties() {
-        // The DT spec forbids two properties of one name; which one a reader sees would
-        // depend on its lookup order, so such a node is malformed.
-        if out.props.iter().any(|(n, _)| n == p.name()) {
-            return Err(alloc::format!("node {:?} has two properties named {:?}", node.name(), p.name()));
-        }
         out.props.push((p.name().to_string(), p.value().to_vec()));
+    }
+    // The DT spec forbids two properties of one name; which one a reader sees would depend
+    // on its lookup order, so such a node is malformed.
+    if let Some(dup) = duplicate_name(out.props.iter().map(|(n, _)| n.as_str()), &mut 0) {
+        return Err(alloc::format!("node {:?} has two properties named {:?}", node.name(), dup));
     }
     if depth < MAX_DEPTH {
         for c in node.children() {
@@ -212,6 +212,17 @@ fn convert(
         }
     }
     Ok(out)
+}
+
+/// The first name (in sorted order) that occurs twice, found by sorting: O(n log n) name
+/// comparisons, each counted in `comparisons` (tests bound the work with it).
+pub(crate) fn duplicate_name<'a>(names: impl Iterator<Item = &'a str>, comparisons: &mut u64) -> Option<&'a str> {
+    let mut sorted: Vec<&str> = names.collect();
+    sorted.sort_unstable_by(|a, b| {
+        *comparisons += 1;
+        a.cmp(b)
+    });
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 fn fill(dst: &mut DeviceTreeNode, src: &FdtNode) -> Result<(), OutgoingError> {
@@ -281,6 +292,62 @@ mod tests {
                 DecodeErrorKind::PropertyLength { node: "/x".into(), prop: "preserved-data", len: 4, expected: 8 }
             )
         );
+    }
+
+    /// A DTB whose root node has exactly `props`, in order (duplicates allowed).
+    fn raw_dtb(props: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut st: Vec<u8> = Vec::new();
+        let mut strings: Vec<u8> = Vec::new();
+        st.extend_from_slice(&1u32.to_be_bytes());
+        st.extend_from_slice(&[0; 4]); // "" padded to 4
+        for (name, value) in props {
+            let off = strings.len() as u32;
+            strings.extend_from_slice(name.as_bytes());
+            strings.push(0);
+            st.extend_from_slice(&3u32.to_be_bytes());
+            st.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            st.extend_from_slice(&off.to_be_bytes());
+            st.extend_from_slice(value);
+            while !st.len().is_multiple_of(4) {
+                st.push(0);
+            }
+        }
+        st.extend_from_slice(&2u32.to_be_bytes());
+        st.extend_from_slice(&9u32.to_be_bytes());
+        let (rsv, off_st) = (40u32, 56u32);
+        let off_str = off_st + st.len() as u32;
+        let total = off_str + strings.len() as u32;
+        let mut out = Vec::new();
+        for v in [FDT_MAGIC, total, off_st, off_str, rsv, 17, 16, 0, strings.len() as u32, st.len() as u32] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&[0; 16]);
+        out.extend_from_slice(&st);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn duplicate_properties_are_found_in_n_log_n_comparisons() {
+        let n = 100_000usize;
+        let names: Vec<String> = (0..n).map(|i| alloc::format!("p{:06}", (i * 7919) % n)).collect();
+        let mut work = 0u64;
+        assert_eq!(duplicate_name(names.iter().map(String::as_str), &mut work), None);
+        // n log2 n is 1.7 million; the quadratic scan did n^2 / 2 = 5 * 10^9.
+        let bound = 2 * n as u64 * u64::from(n.ilog2() + 1);
+        assert!(work <= bound, "{work} comparisons for {n} names (bound {bound})");
+        let mut with_dup = names.clone();
+        with_dup.push("p000042".into());
+        assert_eq!(duplicate_name(with_dup.iter().map(String::as_str), &mut 0), Some("p000042"));
+    }
+
+    #[test]
+    fn a_node_with_two_properties_of_one_name_is_malformed() {
+        // dtoolkit's writer keeps one property per name, so the blob is laid out by hand.
+        let dtb = raw_dtb(&[("compatible", b"kho-v4\0"), ("x", &[1; 8]), ("x", &[2; 8])]);
+        assert!(FdtTree::parse(&raw_dtb(&[("x", &[1; 8]), ("y", &[2; 8])]), Field::RootFdt, PhysAddr::new(0)).is_ok());
+        let e = FdtTree::parse(&dtb, Field::RootFdt, PhysAddr::new(0x1000)).unwrap_err();
+        assert!(e.to_string().contains("two properties named \"x\""), "{e}");
     }
 
     #[test]
