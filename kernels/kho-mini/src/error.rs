@@ -39,6 +39,15 @@ pub enum MiniError {
     Kho(kho_core::Error),
     /// kho-boot refused the next kernel's image.
     Boot(kho_boot::BootError),
+    /// A folio was preserved with another order than the one its producer listed.
+    OrderMismatch {
+        /// The folio.
+        phys: PhysAddr,
+        /// Order it was preserved with.
+        preserved: u32,
+        /// Order listed in the blob.
+        listed: u32,
+    },
     /// The folios do not match what their producer recorded.
     Verify {
         /// What differs.
@@ -62,6 +71,9 @@ impl fmt::Display for MiniError {
             }
             MiniError::Kho(e) => write!(f, "{e}"),
             MiniError::Boot(e) => write!(f, "next kernel: {e}"),
+            MiniError::OrderMismatch { phys, preserved, listed } => {
+                write!(f, "kho_test folio at {phys}: preserved as order {preserved}, listed as order {listed}")
+            }
             MiniError::Verify { what, found, expected } => {
                 write!(f, "{what}: found {found:#x}, expected {expected:#x}")
             }

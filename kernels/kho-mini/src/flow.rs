@@ -247,10 +247,10 @@ fn check_test_blob<M: PhysWrite>(
     for &f in &folios {
         let got = h.restore_folio(plat, f.phys())?;
         if got.order() != f.order() {
-            return Err(MiniError::Verify {
-                what: "kho_test folio order",
-                found: got.order().as_u32().into(),
-                expected: f.order().as_u32().into(),
+            return Err(MiniError::OrderMismatch {
+                phys: f.phys(),
+                preserved: got.order().as_u32(),
+                listed: f.order().as_u32(),
             });
         }
         for i in 0..f.order().nr_pages() {
