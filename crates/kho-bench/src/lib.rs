@@ -40,6 +40,10 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// The `kho` binary, to run `kho demo` for its blackout (`None`: skip).
     pub demo_exe: Option<PathBuf>,
+    /// Only these shapes (names as in the tables); empty: all.
+    pub only_shapes: Vec<String>,
+    /// These sizes instead of the sweep's; empty: the sweep's.
+    pub sizes: Vec<u64>,
 }
 
 /// Everything one run measured.
@@ -98,9 +102,15 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Report, String> 
             vec![],
         ),
     };
+    let sizes = if opts.sizes.is_empty() { sizes } else { opts.sizes.clone() };
+    let keep = |s: &Shape| opts.only_shapes.is_empty() || opts.only_shapes.contains(&s.name());
+    let scattered: Vec<(u64, u64)> = scattered.into_iter().filter(|&(n, _)| keep(&Shape::Scattered(n))).collect();
     let sc = SweepConfig {
         sizes: sizes.clone(),
-        shapes: vec![Shape::Order0, Shape::Huge2m, Shape::Giga1g, Shape::Mix, Shape::Sparse16m],
+        shapes: [Shape::Order0, Shape::Huge2m, Shape::Giga1g, Shape::Mix, Shape::Sparse16m]
+            .into_iter()
+            .filter(|s| keep(s))
+            .collect(),
         op_cap: if opts.size == Size::Small { 1 << 18 } else { 1 << 22 },
         baseline_budget: Duration::from_secs(if opts.size == Size::Small { 2 } else { 20 }),
         repeat_budget: Duration::from_millis(if opts.size == Size::Small { 100 } else { 300 }),
@@ -130,9 +140,12 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Report, String> 
     }
     drop(marks);
     let mut sims = Vec::new();
+    let guest = if opts.only_shapes.is_empty() { guest } else { 0 };
     for format in [kho_core::FormatVersion::V1, kho_core::FormatVersion::V4] {
         log(&format!("simulated kexec: {} guest in 2 MiB folios, {}", human(guest), format.compatible()));
-        sims.push(sim::blackout(guest, format)?);
+        if guest > 0 {
+            sims.push(sim::blackout(guest, format)?);
+        }
     }
     let mut demo = Vec::new();
     if let Some(exe) = &opts.demo_exe {

@@ -19,6 +19,13 @@ pub struct BenchArgs {
     /// Skip the `kho demo` run (its blackout with a real exec).
     #[arg(long = "no-demo")]
     no_demo: bool,
+    /// Only these shapes (order0, 2m, 1g, mix, 1-per-16m, scattered-N); skips the
+    /// simulated kexec.
+    #[arg(long = "shape", value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// Sizes instead of the sweep's, e.g. 64G,1T.
+    #[arg(long = "sizes", value_delimiter = ',', value_parser = crate::demo::parse_size)]
+    sizes: Vec<u64>,
 }
 
 /// Runs the benchmark.
@@ -28,7 +35,7 @@ pub struct BenchArgs {
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let size = if a.size == "full" { kho_bench::Size::Full } else { kho_bench::Size::Small };
     let demo_exe = if a.no_demo { None } else { std::env::current_exe().ok() };
-    let opts = kho_bench::Options { size, out: Some(a.out.clone()), demo_exe };
+    let opts = kho_bench::Options { size, out: Some(a.out.clone()), demo_exe, only_shapes: a.shapes, sizes: a.sizes };
     let report = kho_bench::run(&opts, &mut |line| eprintln!("{line}")).map_err(anyhow::Error::msg)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

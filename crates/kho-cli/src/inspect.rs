@@ -646,9 +646,15 @@ fn analyze_consumed(l: &Loaded, fdt: &[u8], fdt_phys: PhysAddr, cfg: &IncomingCo
                 r.problems.push(Problem::new("blob", format!("sub-blob {:?}: {e}", s.name)));
             }
         }
+        // A blob's owner may free it once restored: content that no longer decodes is told,
+        // not held against the handover (its placement, from the FDT, is checked above).
         let (entry, problems) = decode_subtree(&bctx, s);
         r.subtrees.push(entry);
-        r.problems.extend(problems);
+        r.notes.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{} (its owner may have reused the memory after restoring)", p.message)),
+        );
     }
     r.valid = r.problems.is_empty();
     out.subtrees = subtrees;
@@ -980,6 +986,20 @@ mod tests {
         assert!(text.contains("nr_folios 26, csum 1120136128, folios not followed"), "{text}");
         assert!(text.contains("memory map:      0x181000 (radix root; not walked: Linux frees it at boot)"), "{text}");
         assert!(r.to_json().unwrap().contains("\"consumed\": true"));
+    }
+
+    #[test]
+    fn a_consumed_handover_whose_blobs_were_reused_is_not_invalid() {
+        // The same FDT over memory that reads as zero: both blobs no longer decode.
+        let (mut l, a) = consumed(capture_scratch());
+        l.mem = MemSource::from_pages("zeroed RAM", 0, 2 << 30, Default::default()).unwrap();
+        let r = analyze(&l, &a).report;
+        assert!(r.valid && r.consumed, "{:?}", r.problems);
+        assert_eq!(r.subtrees.len(), 2);
+        assert!(r.subtrees.iter().all(|s| s.error.is_some()), "{:?}", r.subtrees);
+        let reused: Vec<&String> = r.notes.iter().filter(|n| n.contains("may have reused the memory")).collect();
+        assert_eq!(reused.len(), 2, "{:#?}", r.notes);
+        assert!(reused[0].contains("sub-blob \"kho_test\" at 0x292000"), "{}", reused[0]);
     }
 
     #[test]

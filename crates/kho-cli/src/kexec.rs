@@ -216,6 +216,17 @@ pub fn run(a: KexecArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let ram = firmware.ram_ranges();
+    if usize::from(firmware.e820_entries) == kho_boot::bootparams::E820_MAX_ENTRIES {
+        eprintln!(
+            "kho kexec: note: the zero page's e820 table is full (128 entries); entries the firmware passed beyond \
+             it (SETUP_E820_EXT) are not carried over"
+        );
+    }
+    if a.efi_systab.exists() {
+        eprintln!(
+            "kho kexec: note: EFI boot: the next kernel gets the ACPI RSDP but no EFI memory map or runtime services"
+        );
+    }
     if ram.is_empty() {
         bail!("{}: no RAM in the e820 table", a.boot_params.display());
     }

@@ -275,7 +275,9 @@ impl<P: Platform, R: RawMutex> Kho<P, R> {
     pub fn preserve_folio(&self, pfn: Pfn, order: Order) -> Result<(), OutgoingError> {
         let block = self.folio(pfn, order)?;
         let mut st = self.open()?;
-        self.insert_blocks(&mut st, core::iter::once(block))
+        // One block: nothing to roll back, so no undo list (an allocation per call).
+        self.check_block(&st, block)?;
+        st.tracker.insert(&self.platform, &self.config.scratch, block)
     }
 
     /// Undoes [`Kho::preserve_folio`]; the shape must match exactly.
