@@ -209,7 +209,7 @@ impl<M: PhysRead + ?Sized> WalkContext<'_, M> {
         align: u64,
     ) -> Result<(), DecodeError> {
         self.check_pointer(what, at, ptr, buf.len() as u64, align)?;
-        let page = PhysAddr::new(ptr.as_u64() & !(PAGE_SIZE - 1));
+        let page = ptr.page_base();
         if self.metadata_pages.last() != Some(&page) {
             if self.metadata_pages.len() as u64 >= self.limits.max_metadata_pages {
                 return Err(DecodeError::new(

@@ -192,11 +192,12 @@ impl<P: Platform + ?Sized> Builder<'_, P> {
 }
 
 fn entry_addr(node: PhysAddr, index: usize) -> PhysAddr {
-    PhysAddr::new(node.as_u64() + (index as u64) * 8)
+    // `node` passed check_pointer (a page inside RAM), so in-page offsets are exact.
+    node.saturating_add((index as u64) * 8)
 }
 
 fn word_addr(leaf: PhysAddr, word: u64) -> PhysAddr {
-    PhysAddr::new(leaf.as_u64() + word * 8)
+    leaf.saturating_add(word * 8)
 }
 
 /// Builds the tree for `blocks` in pages from [`MetaAlloc::alloc_meta_page`] (which are

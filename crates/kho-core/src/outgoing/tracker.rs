@@ -16,6 +16,9 @@ use crate::format::BitmapBytes;
 use crate::platform::{MetaAlloc, PhysRead, PhysWrite};
 use crate::types::{Block, ORDER_LIMIT, Order, PAGE_SIZE, Pfn, PhysAddr};
 
+// Addresses inside a bitmap page: every page the tracker uses passed `check_meta_page`, so
+// `page + PAGE_SIZE` is representable and `saturating_add` of an in-page offset is exact.
+
 /// Where one bitmap of the tracker lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BitmapRef {
@@ -195,7 +198,7 @@ impl Tracker {
     pub(crate) fn contains<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<bool, OutgoingError> {
         let (index, off, mask) = self.locate(block);
         let Some(bm) = self.slot(block.order(), index) else { return Ok(false) };
-        let w = mem.read_u64(PhysAddr::new(bm.as_u64() + off)).map_err(platform_err)?;
+        let w = mem.read_u64(bm.saturating_add(off)).map_err(platform_err)?;
         Ok(w & mask != 0)
     }
 
@@ -214,7 +217,7 @@ impl Tracker {
             let lo = first.max(index * bits) - index * bits;
             let hi = last.min(index * bits + bits - 1) - index * bits;
             for word in lo / 64..=hi / 64 {
-                let mut w = mem.read_u64(PhysAddr::new(bm.as_u64() + word * 8)).map_err(platform_err)?;
+                let mut w = mem.read_u64(bm.saturating_add(word * 8)).map_err(platform_err)?;
                 let (wlo, whi) = (word * 64, word * 64 + 63);
                 if lo > wlo {
                     w &= !0u64 << (lo - wlo);
@@ -269,7 +272,7 @@ impl Tracker {
         }
         let per_page = PAGE_SIZE / self.bitmap.bytes();
         for i in (1..per_page).rev() {
-            self.free_slots.push(PhysAddr::new(page.as_u64() + i * self.bitmap.bytes()));
+            self.free_slots.push(page.saturating_add(i * self.bitmap.bytes()));
         }
         self.page_use.insert(page.as_u64(), 1);
         self.page_bounds = (self.page_bounds.0.min(page.as_u64()), self.page_bounds.1.max(page.as_u64() + PAGE_SIZE));
@@ -302,7 +305,7 @@ impl Tracker {
             Some(bm) => (bm, false),
             None => (self.alloc_slot(plat, scratch)?, true),
         };
-        let addr = PhysAddr::new(bm.as_u64() + off);
+        let addr = bm.saturating_add(off);
         let set = plat.read_u64(addr).and_then(|w| plat.write_u64(addr, w | mask));
         if let Err(e) = set {
             if fresh {
@@ -331,7 +334,7 @@ impl Tracker {
     ) -> Result<bool, OutgoingError> {
         let (index, off, mask) = self.locate(block);
         let Some(bm) = self.slot(block.order(), index) else { return Ok(false) };
-        let addr = PhysAddr::new(bm.as_u64() + off);
+        let addr = bm.saturating_add(off);
         let w = plat.read_u64(addr).map_err(platform_err)?;
         if w & mask == 0 {
             return Ok(false);
@@ -356,7 +359,7 @@ impl Tracker {
     fn bitmap_is_empty<M: PhysRead + ?Sized>(&self, mem: &M, bm: PhysAddr) -> Result<bool, OutgoingError> {
         let mut buf = [0u8; 512];
         for off in (0..self.bitmap.bytes()).step_by(512) {
-            mem.read_phys(PhysAddr::new(bm.as_u64() + off), &mut buf).map_err(platform_err)?;
+            mem.read_phys(bm.saturating_add(off), &mut buf).map_err(platform_err)?;
             if buf.iter().any(|&b| b != 0) {
                 return Ok(false);
             }
