@@ -28,15 +28,21 @@ fn new_unit() -> Unit {
 /// orders is detected by [`BlockSet::coalesced_ranges`], not prevented on insert).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct BlockSet {
-    orders: BTreeMap<u8, BTreeMap<u64, Unit>>,
-    len: u64,
-    /// Blocks per order, kept up to date so reports need no pass over the bitmaps.
-    counts: BTreeMap<u8, u64>,
+    /// Per order present: its units and how many blocks they hold (the one count kept; the
+    /// set's length is their sum), so reports need no pass over the bitmaps.
+    orders: BTreeMap<Order, OrderUnits>,
+}
+
+/// The units of one order and the number of blocks set in them.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct OrderUnits {
+    units: BTreeMap<u64, Unit>,
+    count: u64,
 }
 
 impl core::fmt::Debug for BlockSet {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("BlockSet").field("blocks", &self.len).finish_non_exhaustive()
+        f.debug_struct("BlockSet").field("blocks", &self.len()).finish_non_exhaustive()
     }
 }
 
@@ -69,53 +75,46 @@ impl BlockSet {
     /// Number of blocks.
     #[must_use]
     pub fn len(&self) -> u64 {
-        self.len
+        self.orders.values().map(|o| o.count).sum()
     }
 
     /// True if the set is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.orders.is_empty()
     }
 
     /// Adds a block; returns false if it was already present.
     pub fn insert(&mut self, block: Block) -> bool {
         let (unit, word, mask) = locate(block);
-        let u = self.orders.entry(block.order().as_u32() as u8).or_default().entry(unit).or_insert_with(new_unit);
-        let w = &mut u[word];
+        let o = self.orders.entry(block.order()).or_default();
+        let w = &mut o.units.entry(unit).or_insert_with(new_unit)[word];
         if *w & mask != 0 {
             return false;
         }
         *w |= mask;
-        self.len += 1;
-        *self.counts.entry(block.order().as_u32() as u8).or_default() += 1;
+        o.count += 1;
         true
     }
 
     /// Removes a block; returns false if it was absent. Empty units are freed.
     pub fn remove(&mut self, block: Block) -> bool {
         let (unit, word, mask) = locate(block);
-        let order = block.order().as_u32() as u8;
-        let Some(units) = self.orders.get_mut(&order) else { return false };
-        let Some(u) = units.get_mut(&unit) else { return false };
+        let order = block.order();
+        let Some(o) = self.orders.get_mut(&order) else { return false };
+        let Some(u) = o.units.get_mut(&unit) else { return false };
         if u[word] & mask == 0 {
             return false;
         }
         u[word] &= !mask;
-        self.len -= 1;
-        if let Some(c) = self.counts.get_mut(&order) {
-            *c -= 1;
-            if *c == 0 {
-                self.counts.remove(&order);
-            }
-        }
+        o.count -= 1;
         // Only a word that just became empty can make the unit empty: restoring a dense
         // unit in order scans it once per 64 blocks, not once per block.
         if u[word] == 0 && u.iter().all(|&w| w == 0) {
-            units.remove(&unit);
-            if units.is_empty() {
-                self.orders.remove(&order);
-            }
+            o.units.remove(&unit);
+        }
+        if o.count == 0 {
+            self.orders.remove(&order);
         }
         true
     }
@@ -124,21 +123,18 @@ impl BlockSet {
     #[must_use]
     pub fn contains(&self, block: Block) -> bool {
         let (unit, word, mask) = locate(block);
-        self.orders
-            .get(&(block.order().as_u32() as u8))
-            .and_then(|units| units.get(&unit))
-            .is_some_and(|u| u[word] & mask != 0)
+        self.orders.get(&block.order()).and_then(|o| o.units.get(&unit)).is_some_and(|u| u[word] & mask != 0)
     }
 
     /// The orders present, ascending.
     pub fn orders(&self) -> impl Iterator<Item = Order> + '_ {
-        self.orders.keys().filter_map(|&o| Order::new(u32::from(o)))
+        self.orders.keys().copied()
     }
 
     /// Number of blocks of each order present, ascending by order.
     #[must_use]
     pub fn count_by_order(&self) -> Vec<(Order, u64)> {
-        self.counts.iter().filter_map(|(&o, &n)| Some((Order::new(u32::from(o))?, n))).collect()
+        self.orders.iter().map(|(&o, u)| (o, u.count)).collect()
     }
 
     /// Total bytes covered by the blocks (saturating).
@@ -151,9 +147,9 @@ impl BlockSet {
     pub fn units(&self, order: Order) -> impl Iterator<Item = (u64, &[u64; UNIT_WORDS])> + '_ {
         let shift = order.as_u32();
         self.orders
-            .get(&(order.as_u32() as u8))
+            .get(&order)
             .into_iter()
-            .flat_map(move |units| units.iter().map(move |(&i, u)| ((i * UNIT_BITS) << shift, &**u)))
+            .flat_map(move |o| o.units.iter().map(move |(&i, u)| ((i * UNIT_BITS) << shift, &**u)))
     }
 
     /// The lowest block of `order`, found a word at a time.
@@ -236,7 +232,7 @@ impl BlockSet {
                 },
             ));
         }
-        let units = self.orders.entry(shift as u8).or_default();
+        let o = self.orders.entry(order).or_default();
         let mut added = 0u64;
         let mut i = 0usize;
         // One map lookup per unit, then plain word ORs: decoders hand in 64 to 512 words.
@@ -247,16 +243,13 @@ impl BlockSet {
             let take = (UNIT_WORDS - slot0).min(words.len() - i);
             let chunk = &words[i..i + take];
             if chunk.iter().any(|&w| w != 0) {
-                let unit = units.entry(n / UNIT_BITS).or_insert_with(new_unit);
+                let unit = o.units.entry(n / UNIT_BITS).or_insert_with(new_unit);
                 for (j, (&w, slot)) in chunk.iter().zip(&mut unit[slot0..slot0 + take]).enumerate() {
                     let dup = *slot & w;
                     if dup != 0 {
                         let pfn = (n + (j as u64) * 64 + u64::from(dup.trailing_zeros())) << shift;
                         let block = Pfn::new(pfn).and_then(|p| Block::new(p, order)).expect("checked above");
-                        self.len += added;
-                        if added > 0 {
-                            *self.counts.entry(shift as u8).or_default() += added;
-                        }
+                        o.count += added;
                         return Err(DecodeError::new(Field::Block, at, DecodeErrorKind::Duplicate { block }));
                     }
                     *slot |= w;
@@ -265,9 +258,9 @@ impl BlockSet {
             }
             i += take;
         }
-        self.len += added;
-        if added > 0 {
-            *self.counts.entry(shift as u8).or_default() += added;
+        o.count += added;
+        if o.count == 0 {
+            self.orders.remove(&order);
         }
         Ok(())
     }
