@@ -473,12 +473,33 @@ mod tests {
             prop_assert_eq!(s.len(), model.len() as u64);
             let got: BTreeSet<Block> = s.iter().collect();
             prop_assert_eq!(got, model.clone());
-            // Runs cover exactly the model's pages when there is no overlap.
-            if let Ok(ranges) = s.coalesced_ranges() {
-                let pages: u64 = ranges.iter().map(|r| r.len() / 4096).sum();
-                let want: u64 = model.iter().map(|b| b.order().nr_pages()).sum();
-                prop_assert_eq!(pages, want);
-                prop_assert!(ranges.windows(2).all(|w| w[0].end() < w[1].start()));
+            // The model decides whether coalescing must succeed: it fails exactly when two
+            // blocks overlap, naming two overlapping blocks of the set; otherwise the runs are
+            // exactly the model's pages merged into maximal ranges.
+            let overlapping = model.iter().any(|a| model.iter().any(|b| a != b && a.range().overlaps(b.range())));
+            match s.coalesced_ranges() {
+                Err(e) => {
+                    prop_assert!(overlapping, "refused a set without overlap: {}", e);
+                    let DecodeErrorKind::Overlap { block, other } = e.kind else {
+                        return Err(TestCaseError::fail(format!("not an overlap: {e}")));
+                    };
+                    prop_assert!(model.contains(&block) && model.contains(&other) && block.range().overlaps(other.range()));
+                }
+                Ok(ranges) => {
+                    prop_assert!(!overlapping, "accepted overlapping blocks");
+                    let pages: BTreeSet<u64> =
+                        model.iter().flat_map(|b| b.pfn().as_u64()..b.end_pfn()).collect();
+                    let mut want: Vec<(u64, u64)> = Vec::new();
+                    for p in pages {
+                        match want.last_mut() {
+                            Some(last) if last.1 == p => last.1 = p + 1,
+                            _ => want.push((p, p + 1)),
+                        }
+                    }
+                    let got: Vec<(u64, u64)> =
+                        ranges.iter().map(|r| (r.start().as_u64() / 4096, r.end().as_u64() / 4096)).collect();
+                    prop_assert_eq!(got, want);
+                }
             }
         }
     }
