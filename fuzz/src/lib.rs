@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use kho_core::format::{BitmapBytes, FormatVersion};
 use kho_core::testing::{SparseMem, TestPlatform};
-use kho_core::{Block, BlockSet, Error, Finalized, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr, PhysRange};
+use kho_core::{Block, BlockSet, Finalized, OutgoingError, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr, PhysRange};
 
 /// First byte of RAM in every simulated machine (1 MiB, as on a PC).
 pub const RAM_BASE: u64 = 0x10_0000;
@@ -165,7 +165,7 @@ pub fn scratch_to(r: PhysRange) -> (u32, u32) {
 }
 
 /// Formats an error and checks the message is not empty: every error must `Display`.
-pub fn show(e: &Error) -> String {
+pub fn show<E: std::fmt::Display + std::fmt::Debug>(e: &E) -> String {
     let mut s = String::new();
     write!(s, "{e}").expect("Display of an error failed");
     assert!(!s.is_empty(), "empty message for {e:?}");
@@ -314,7 +314,7 @@ pub fn build(input: &MutateInput, format: FormatVersion) -> Option<Built> {
         fin = match kho.finalize(format) {
             Ok(f) => f,
             Err(e) => {
-                assert!(matches!(e, Error::OutOfMemory), "finalize failed: {}", show(&e));
+                assert!(matches!(e, OutgoingError::OutOfMemory), "finalize failed: {}", show(&e));
                 return None;
             }
         };

@@ -75,7 +75,7 @@ impl DirectMap {
 
 impl PhysRead for DirectMap {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        let err = MemError { phys, len: buf.len() as u64 };
+        let err = MemError::read(phys, buf.len() as u64);
         let p = phys.as_u64();
         if p.is_multiple_of(8) {
             let first = self.index(p).ok_or(err)?;
@@ -109,7 +109,7 @@ impl PhysRead for DirectMap {
 
 impl PhysWrite for DirectMap {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
-        let err = MemError { phys, len: data.len() as u64 };
+        let err = MemError::write(phys, data.len() as u64);
         let p = phys.as_u64();
         for (i, chunk) in data.chunks(8).enumerate() {
             let a = p + 8 * i as u64;
@@ -190,7 +190,7 @@ mod tests {
         let q = m.alloc_meta_page().unwrap();
         assert_eq!(q, p);
         assert_eq!(m.load(p.as_u64() + 8), 0);
-        assert_eq!(m.read_u64(PhysAddr::new(0)), Err(MemError { phys: PhysAddr::new(0), len: 8 }));
+        assert_eq!(m.read_u64(PhysAddr::new(0)), Err(MemError::read(PhysAddr::new(0), 8)));
     }
 
     #[test]

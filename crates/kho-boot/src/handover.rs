@@ -21,7 +21,7 @@ use kho_core::format::test_kho::{self, TestKho};
 use kho_core::format::{FormatVersion, Limits, WalkContext, vmalloc};
 use kho_core::incoming::{Handover, IncomingConfig};
 use kho_core::outgoing::{Kho, OutgoingConfig};
-use kho_core::platform::{AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite};
+use kho_core::platform::{Access, AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite};
 use kho_core::types::{Block, Order, PAGE_BYTES, PAGE_SIZE, Pfn, PhysAddr, PhysRange};
 
 /// Linux's `NR_PAGE_ORDERS` on x86-64 (orders 0..=10).
@@ -84,8 +84,8 @@ pub enum HandoverError {
     Mem(#[from] MemError),
 }
 
-fn engine(step: &'static str) -> impl FnOnce(kho_core::error::Error) -> HandoverError {
-    move |source| HandoverError::Engine { step, source }
+fn engine<E: Into<kho_core::error::Error>>(step: &'static str) -> impl FnOnce(E) -> HandoverError {
+    move |source| HandoverError::Engine { step, source: source.into() }
 }
 
 #[derive(Debug)]
@@ -163,8 +163,8 @@ impl Staging {
         Ok(PhysAddr::new(base + start))
     }
 
-    fn offset(&self, phys: PhysAddr, len: usize) -> Result<usize, MemError> {
-        let err = MemError { phys, len: len as u64 };
+    fn offset(&self, access: Access, phys: PhysAddr, len: usize) -> Result<usize, MemError> {
+        let err = MemError { access, phys, len: len as u64 };
         let off = phys.as_u64().checked_sub(self.base.as_u64()).ok_or(err)?;
         let off = usize::try_from(off).map_err(|_| err)?;
         Ok(off)
@@ -173,9 +173,9 @@ impl Staging {
 
 impl PhysRead for Staging {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        let off = self.offset(phys, buf.len())?;
+        let off = self.offset(Access::Read, phys, buf.len())?;
         let a = self.arena.lock();
-        let src = a.bytes.get(off..off + buf.len()).ok_or(MemError { phys, len: buf.len() as u64 })?;
+        let src = a.bytes.get(off..off + buf.len()).ok_or(MemError::read(phys, buf.len() as u64))?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -183,9 +183,9 @@ impl PhysRead for Staging {
 
 impl PhysWrite for Staging {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
-        let off = self.offset(phys, data.len())?;
+        let off = self.offset(Access::Write, phys, data.len())?;
         let mut a = self.arena.lock();
-        let dst = a.bytes.get_mut(off..off + data.len()).ok_or(MemError { phys, len: data.len() as u64 })?;
+        let dst = a.bytes.get_mut(off..off + data.len()).ok_or(MemError::write(phys, data.len() as u64))?;
         dst.copy_from_slice(data);
         Ok(())
     }
@@ -493,7 +493,7 @@ pub enum Refusal {
         /// Its address.
         phys: PhysAddr,
         /// Why.
-        source: kho_core::error::Error,
+        source: kho_core::error::RestoreError,
     },
     /// A folio restored with another order than listed.
     #[error("folio {index} at {phys}: listed with order {listed}, preserved with order {found}")]
@@ -520,8 +520,8 @@ pub enum Refusal {
     Mem(#[from] MemError),
 }
 
-fn invalid(step: &'static str) -> impl FnOnce(kho_core::error::Error) -> Refusal {
-    move |source| Refusal::Invalid { step, source }
+fn invalid<E: Into<kho_core::error::Error>>(step: &'static str) -> impl FnOnce(E) -> Refusal {
+    move |source| Refusal::Invalid { step, source: source.into() }
 }
 
 /// Runs the next kernel's side on `mem`: our incoming engine parses and reserves the

@@ -25,8 +25,8 @@ use kho_core::format::root::{self, Subtree};
 use kho_core::format::{WalkContext, scratch, v1, v4};
 use kho_core::incoming::{Handover, IncomingConfig, OversizedPolicy};
 use kho_core::{
-    BitmapBytes, BlockSet, Error, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE, PhysAddr, PhysRange,
-    PhysRead,
+    BitmapBytes, BlockSet, DecodeError, DecodeErrorKind, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE,
+    PhysAddr, PhysRange, PhysRead,
 };
 
 use crate::live;
@@ -289,24 +289,26 @@ fn setup_data_file(p: &Path, bytes: &[u8]) -> anyhow::Result<HandoverPtr> {
 
 /// Reads the root FDT at the setup_data address: header, then `totalsize` bytes, which
 /// must fit the size the previous kernel passed.
-fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Result<Vec<u8>, Error> {
+fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
     let what = Field::RootFdt;
     if ptr.fdt.is_null() {
-        return Err(Error::Null { what: Field::SetupData, at: PhysAddr::new(0) });
+        return Err(DecodeError::new(Field::SetupData, PhysAddr::new(0), DecodeErrorKind::Null));
     }
     let mut hdr = [0u8; FDT_HEADER_BYTES];
-    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| Error::unreadable(what, e))?;
+    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| DecodeError::unreadable(what, e))?;
     let total = u64::from(header_totalsize(&hdr, what, ptr.fdt)?);
     if total > ptr.fdt_size || total > limits.max_blob_bytes || total < FDT_HEADER_BYTES as u64 {
-        return Err(Error::BadValue {
+        return Err(DecodeError::new(
             what,
-            at: ptr.fdt,
-            found: total,
-            expected: "an FDT totalsize within the fdt_size the previous kernel passed",
-        });
+            ptr.fdt,
+            DecodeErrorKind::BadValue {
+                found: total,
+                expected: "an FDT totalsize within the fdt_size the previous kernel passed",
+            },
+        ));
     }
     let mut buf = vec![0u8; usize::try_from(total).unwrap_or(0)];
-    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| Error::unreadable(what, e))?;
+    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| DecodeError::unreadable(what, e))?;
     Ok(buf)
 }
 
@@ -644,9 +646,15 @@ fn analyze_consumed(l: &Loaded, fdt: &[u8], fdt_phys: PhysAddr, cfg: &IncomingCo
                 r.problems.push(Problem::new("blob", format!("sub-blob {:?}: {e}", s.name)));
             }
         }
+        // A blob's owner may free it once restored: content that no longer decodes is told,
+        // not held against the handover (its placement, from the FDT, is checked above).
         let (entry, problems) = decode_subtree(&bctx, s);
         r.subtrees.push(entry);
-        r.problems.extend(problems);
+        r.notes.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{} (its owner may have reused the memory after restoring)", p.message)),
+        );
     }
     r.valid = r.problems.is_empty();
     out.subtrees = subtrees;
@@ -702,7 +710,7 @@ fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Prob
     };
     let mut blob = vec![0u8; usize::try_from(size).unwrap_or(0)];
     if let Err(e) = c.mem.read_phys(s.phys, &mut blob) {
-        entry.error = Some(Error::unreadable(Field::Blob, e).to_string());
+        entry.error = Some(DecodeError::unreadable(Field::Blob, e).to_string());
         return (entry, problems);
     }
     let d = blobs::decode(c, &s.name, &blob, s.phys);
@@ -757,7 +765,7 @@ mod blobs {
         fn ok(kind: &'static str, value: Value, problems: Vec<String>) -> Self {
             Self { kind, value: Some(value), problems, error: None }
         }
-        fn err(kind: &'static str, e: &Error) -> Self {
+        fn err(kind: &'static str, e: &DecodeError) -> Self {
             Self { kind, value: None, problems: Vec::new(), error: Some(e.to_string()) }
         }
     }
@@ -978,6 +986,20 @@ mod tests {
         assert!(text.contains("nr_folios 26, csum 1120136128, folios not followed"), "{text}");
         assert!(text.contains("memory map:      0x181000 (radix root; not walked: Linux frees it at boot)"), "{text}");
         assert!(r.to_json().unwrap().contains("\"consumed\": true"));
+    }
+
+    #[test]
+    fn a_consumed_handover_whose_blobs_were_reused_is_not_invalid() {
+        // The same FDT over memory that reads as zero: both blobs no longer decode.
+        let (mut l, a) = consumed(capture_scratch());
+        l.mem = MemSource::from_pages("zeroed RAM", 0, 2 << 30, Default::default()).unwrap();
+        let r = analyze(&l, &a).report;
+        assert!(r.valid && r.consumed, "{:?}", r.problems);
+        assert_eq!(r.subtrees.len(), 2);
+        assert!(r.subtrees.iter().all(|s| s.error.is_some()), "{:?}", r.subtrees);
+        let reused: Vec<&String> = r.notes.iter().filter(|n| n.contains("may have reused the memory")).collect();
+        assert_eq!(reused.len(), 2, "{:#?}", r.notes);
+        assert!(reused[0].contains("sub-blob \"kho_test\" at 0x292000"), "{}", reused[0]);
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub struct Totals {
 /// One problem.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
-    /// A short class: `fdt`, `pointer`, `cycle`, `range`, `overlap`, `order`, `blob`, ...
+    /// A short class ([`kho_core::ErrorClass`]): `fdt`, `pointer`, `cycle`, `overlap`, `order`, `blob`, ...
     pub kind: String,
     /// The full message (names field, address, value found and expectation).
     pub message: String,
@@ -158,23 +158,8 @@ pub struct Problem {
 impl Problem {
     /// A problem from an engine error.
     #[must_use]
-    pub fn from_error(e: &kho_core::Error) -> Self {
-        use kho_core::Error as E;
-        let kind = match e {
-            E::BadFdt { .. } | E::MissingProperty { .. } | E::PropertyLength { .. } => "fdt",
-            E::Incompatible { .. } => "incompatible",
-            E::Cycle { .. } => "cycle",
-            E::TooMany { .. } => "limit",
-            E::Unreadable { .. } => "unreadable",
-            E::Null { .. } | E::Misaligned { .. } => "pointer",
-            E::OutsideRam { .. } => "outside-ram",
-            E::InScratch { .. } => "in-scratch",
-            E::Overlap { .. } => "overlap",
-            E::OrderTooLarge { .. } => "order",
-            E::BadValue { .. } => "value",
-            _ => "other",
-        };
-        Self { kind: kind.to_string(), message: e.to_string() }
+    pub fn from_error(e: &kho_core::DecodeError) -> Self {
+        Self { kind: e.class().as_str().to_string(), message: e.to_string() }
     }
 
     /// A problem with a given class.

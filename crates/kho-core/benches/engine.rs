@@ -41,7 +41,7 @@ impl FlatPlatform {
 
 impl kho_core::PhysRead for FlatPlatform {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), kho_core::MemError> {
-        let err = kho_core::MemError { phys, len: buf.len() as u64 };
+        let err = kho_core::MemError::read(phys, buf.len() as u64);
         for (i, chunk) in buf.chunks_mut(8).enumerate() {
             let w = self.word(PhysAddr::new(phys.as_u64() + 8 * i as u64)).ok_or(err)?;
             chunk.copy_from_slice(&w.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes()[..chunk.len()]);
@@ -49,14 +49,14 @@ impl kho_core::PhysRead for FlatPlatform {
         Ok(())
     }
     fn read_u64(&self, phys: PhysAddr) -> Result<u64, kho_core::MemError> {
-        let w = self.word(phys).ok_or(kho_core::MemError { phys, len: 8 })?;
+        let w = self.word(phys).ok_or(kho_core::MemError::read(phys, 8))?;
         Ok(w.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
 impl kho_core::PhysWrite for FlatPlatform {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), kho_core::MemError> {
-        let err = kho_core::MemError { phys, len: data.len() as u64 };
+        let err = kho_core::MemError::write(phys, data.len() as u64);
         for (i, chunk) in data.chunks(8).enumerate() {
             let w = self.word(PhysAddr::new(phys.as_u64() + 8 * i as u64)).ok_or(err)?;
             let mut b = w.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes();
@@ -66,7 +66,7 @@ impl kho_core::PhysWrite for FlatPlatform {
         Ok(())
     }
     fn write_u64(&self, phys: PhysAddr, value: u64) -> Result<(), kho_core::MemError> {
-        self.word(phys).ok_or(kho_core::MemError { phys, len: 8 })?.store(value, std::sync::atomic::Ordering::Relaxed);
+        self.word(phys).ok_or(kho_core::MemError::write(phys, 8))?.store(value, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
 use crate::types::{Block, ORDER_LIMIT, Order, PFN_LIMIT, Pfn, PhysAddr, PhysRange};
 
 /// Bits (blocks) per unit bitmap.
@@ -210,10 +210,16 @@ impl BlockSet {
     /// (every wire format guarantees it; decoders check it before calling).
     ///
     /// # Errors
-    /// [`Error::Overlap`] if a block was already present (a duplicated bitmap), and
-    /// [`Error::OutsideRam`] for blocks past the addressable range; `at` is where the bitmap
+    /// [`DecodeErrorKind::Duplicate`] if a block was already present (a duplicated bitmap), and
+    /// [`DecodeErrorKind::BadValue`] for blocks past the addressable range; `at` is where the bitmap
     /// was read, for the message.
-    pub fn insert_words(&mut self, order: Order, base_pfn: u64, words: &[u64], at: PhysAddr) -> Result<()> {
+    pub fn insert_words(
+        &mut self,
+        order: Order,
+        base_pfn: u64,
+        words: &[u64],
+        at: PhysAddr,
+    ) -> Result<(), DecodeError> {
         let shift = order.as_u32();
         let first = base_pfn >> shift;
         debug_assert_eq!(first % 64, 0, "decoders align bitmap bases");
@@ -221,12 +227,14 @@ impl BlockSet {
         let top_bit = 63 - u64::from(words[last_word].leading_zeros());
         let last_block = first + (last_word as u64) * 64 + top_bit;
         if last_block >= PFN_LIMIT >> shift {
-            return Err(Error::BadValue {
-                what: Field::Block,
+            return Err(DecodeError::new(
+                Field::Block,
                 at,
-                found: last_block.saturating_mul(order.bytes()),
-                expected: "a block below the 52-bit physical address limit",
-            });
+                DecodeErrorKind::BadValue {
+                    found: last_block.saturating_mul(order.bytes()),
+                    expected: "a block below the 52-bit physical address limit",
+                },
+            ));
         }
         let units = self.orders.entry(shift as u8).or_default();
         let mut added = 0u64;
@@ -249,7 +257,7 @@ impl BlockSet {
                         if added > 0 {
                             *self.counts.entry(shift as u8).or_default() += added;
                         }
-                        return Err(Error::Overlap { what: Field::Block, block, other: block });
+                        return Err(DecodeError::new(Field::Block, at, DecodeErrorKind::Duplicate { block }));
                     }
                     *slot |= w;
                     added += u64::from(w.count_ones());
@@ -305,8 +313,8 @@ impl BlockSet {
     /// kernel reserves. Cost is linear in the number of runs, not in pages.
     ///
     /// # Errors
-    /// [`Error::Overlap`] naming two blocks of different orders that overlap.
-    pub fn coalesced_ranges(&self) -> Result<Vec<PhysRange>> {
+    /// [`DecodeErrorKind::Overlap`] naming two blocks of different orders that overlap.
+    pub fn coalesced_ranges(&self) -> Result<Vec<PhysRange>, DecodeError> {
         let runs = self.runs();
         let mut out: Vec<PhysRange> = Vec::new();
         let mut prev: Option<Run> = None;
@@ -317,7 +325,7 @@ impl BlockSet {
             {
                 let block = run_block(r.start, r.order);
                 let other = overlapping_block(p, r.start);
-                return Err(Error::Overlap { what: Field::Block, block, other });
+                return Err(DecodeError::new(Field::Block, block.phys(), DecodeErrorKind::Overlap { block, other }));
             }
             let range = frames_to_range(r.start, r.end);
             match out.last_mut() {
@@ -412,17 +420,27 @@ mod tests {
         s.insert(blk(0x200, 9));
         s.insert(blk(0x203, 0));
         let e = s.coalesced_ranges().unwrap_err();
-        assert_eq!(e, Error::Overlap { what: Field::Block, block: blk(0x203, 0), other: blk(0x200, 9) });
+        assert_eq!(
+            e,
+            DecodeError::new(
+                Field::Block,
+                blk(0x203, 0).phys(),
+                DecodeErrorKind::Overlap { block: blk(0x203, 0), other: blk(0x200, 9) }
+            )
+        );
     }
 
     #[test]
-    fn duplicate_bitmap_is_an_overlap() {
+    fn duplicate_bitmap_is_a_duplicate() {
         let mut s = BlockSet::new();
         let words = [0b1010u64; 8];
         s.insert_words(Order::ZERO, 0, &words, PhysAddr::new(0x5000)).unwrap();
         assert_eq!(s.len(), 16);
         let e = s.insert_words(Order::ZERO, 0, &[0b10], PhysAddr::new(0x6000)).unwrap_err();
-        assert!(matches!(e, Error::Overlap { block, .. } if block == blk(1, 0)));
+        assert_eq!(
+            e,
+            DecodeError::new(Field::Block, PhysAddr::new(0x6000), DecodeErrorKind::Duplicate { block: blk(1, 0) })
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use dtoolkit::fdt::Fdt;
 use dtoolkit::model::{DeviceTree, DeviceTreeNode, DeviceTreeProperty};
 use dtoolkit::{Node, Property};
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
 use crate::types::PhysAddr;
 
 /// FDT header magic.
@@ -96,30 +96,42 @@ impl FdtNode {
     /// Reads an exactly-8-byte little-endian u64 property of the FDT at `at`, node `path`.
     ///
     /// # Errors
-    /// [`Error::MissingProperty`] or [`Error::PropertyLength`].
-    pub fn le64(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u64> {
-        let v = self.get(prop).ok_or_else(|| Error::MissingProperty { at, node: path.to_string(), prop })?;
-        let arr: [u8; 8] = v.try_into().map_err(|_| Error::PropertyLength {
-            at,
-            node: path.to_string(),
-            prop,
-            len: v.len(),
-            expected: 8,
+    /// [`DecodeErrorKind::MissingProperty`] or [`DecodeErrorKind::PropertyLength`].
+    pub fn le64(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u64, DecodeError> {
+        let v = self.get(prop).ok_or_else(|| {
+            DecodeError::new(
+                Field::for_property(prop),
+                at,
+                DecodeErrorKind::MissingProperty { node: path.to_string(), prop },
+            )
+        })?;
+        let arr: [u8; 8] = v.try_into().map_err(|_| {
+            DecodeError::new(
+                Field::for_property(prop),
+                at,
+                DecodeErrorKind::PropertyLength { node: path.to_string(), prop, len: v.len(), expected: 8 },
+            )
         })?;
         Ok(u64::from_le_bytes(arr))
     }
     /// Reads an exactly-4-byte little-endian u32 property.
     ///
     /// # Errors
-    /// [`Error::MissingProperty`] or [`Error::PropertyLength`].
-    pub fn le32(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u32> {
-        let v = self.get(prop).ok_or_else(|| Error::MissingProperty { at, node: path.to_string(), prop })?;
-        let arr: [u8; 4] = v.try_into().map_err(|_| Error::PropertyLength {
-            at,
-            node: path.to_string(),
-            prop,
-            len: v.len(),
-            expected: 4,
+    /// [`DecodeErrorKind::MissingProperty`] or [`DecodeErrorKind::PropertyLength`].
+    pub fn le32(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u32, DecodeError> {
+        let v = self.get(prop).ok_or_else(|| {
+            DecodeError::new(
+                Field::for_property(prop),
+                at,
+                DecodeErrorKind::MissingProperty { node: path.to_string(), prop },
+            )
+        })?;
+        let arr: [u8; 4] = v.try_into().map_err(|_| {
+            DecodeError::new(
+                Field::for_property(prop),
+                at,
+                DecodeErrorKind::PropertyLength { node: path.to_string(), prop, len: v.len(), expected: 4 },
+            )
         })?;
         Ok(u32::from_le_bytes(arr))
     }
@@ -135,9 +147,9 @@ pub struct FdtTree {
 /// Reads `totalsize` from an FDT header, checking the magic.
 ///
 /// # Errors
-/// [`Error::BadFdt`] if the header is short or the magic is wrong.
-pub fn header_totalsize(header: &[u8], what: Field, at: PhysAddr) -> Result<u32> {
-    let bad = |reason: &str| Error::BadFdt { what, at, reason: reason.to_string() };
+/// [`DecodeErrorKind::BadFdt`] if the header is short or the magic is wrong.
+pub fn header_totalsize(header: &[u8], what: Field, at: PhysAddr) -> Result<u32, DecodeError> {
+    let bad = |reason: &str| DecodeError::new(what, at, DecodeErrorKind::BadFdt { reason: reason.to_string() });
     let magic = header.get(0..4).ok_or_else(|| bad("shorter than the FDT header"))?;
     if u32::from_be_bytes(magic.try_into().unwrap_or_default()) != FDT_MAGIC {
         return Err(bad("bad magic (expected 0xd00dfeed)"));
@@ -151,11 +163,11 @@ impl FdtTree {
     /// `what` and `at` name the blob in errors.
     ///
     /// # Errors
-    /// [`Error::BadFdt`] for any structural problem, including a `totalsize` larger than the
+    /// [`DecodeErrorKind::BadFdt`] for any structural problem, including a `totalsize` larger than the
     /// bytes given (a truncated blob).
-    pub fn parse(bytes: &[u8], what: Field, at: PhysAddr) -> Result<Self> {
+    pub fn parse(bytes: &[u8], what: Field, at: PhysAddr) -> Result<Self, DecodeError> {
         let total = header_totalsize(bytes, what, at)? as usize;
-        let bad = |reason: String| Error::BadFdt { what, at, reason };
+        let bad = |reason: String| DecodeError::new(what, at, DecodeErrorKind::BadFdt { reason });
         if total > bytes.len() {
             return Err(bad(alloc::format!(
                 "truncated: totalsize is {total} bytes but only {} are available",
@@ -171,8 +183,8 @@ impl FdtTree {
     /// Serializes the tree to a DTB.
     ///
     /// # Errors
-    /// [`Error::BadValue`] for a name the FDT format cannot hold.
-    pub fn to_dtb(&self) -> Result<Vec<u8>> {
+    /// [`OutgoingError::BadValue`] for a name the FDT format cannot hold.
+    pub fn to_dtb(&self) -> Result<Vec<u8>, OutgoingError> {
         let mut tree = DeviceTree::new();
         fill(&mut tree.root, &self.root)?;
         Ok(tree.to_dtb())
@@ -187,12 +199,12 @@ fn convert(
     *budget = budget.checked_sub(1).ok_or_else(|| alloc::format!("more than {MAX_NODES} nodes"))?;
     let mut out = FdtNode::new(node.name());
     for p in node.properties() {
-        // The DT spec forbids two properties of one name; which one a reader sees would
-        // depend on its lookup order, so such a node is malformed.
-        if out.props.iter().any(|(n, _)| n == p.name()) {
-            return Err(alloc::format!("node {:?} has two properties named {:?}", node.name(), p.name()));
-        }
         out.props.push((p.name().to_string(), p.value().to_vec()));
+    }
+    // The DT spec forbids two properties of one name; which one a reader sees would depend
+    // on its lookup order, so such a node is malformed.
+    if let Some(dup) = duplicate_name(out.props.iter().map(|(n, _)| n.as_str()), &mut 0) {
+        return Err(alloc::format!("node {:?} has two properties named {:?}", node.name(), dup));
     }
     if depth < MAX_DEPTH {
         for c in node.children() {
@@ -202,8 +214,19 @@ fn convert(
     Ok(out)
 }
 
-fn fill(dst: &mut DeviceTreeNode, src: &FdtNode) -> Result<()> {
-    let bad = || Error::BadValue {
+/// The first name (in sorted order) that occurs twice, found by sorting: O(n log n) name
+/// comparisons, each counted in `comparisons` (tests bound the work with it).
+pub(crate) fn duplicate_name<'a>(names: impl Iterator<Item = &'a str>, comparisons: &mut u64) -> Option<&'a str> {
+    let mut sorted: Vec<&str> = names.collect();
+    sorted.sort_unstable_by(|a, b| {
+        *comparisons += 1;
+        a.cmp(b)
+    });
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+fn fill(dst: &mut DeviceTreeNode, src: &FdtNode) -> Result<(), OutgoingError> {
+    let bad = || OutgoingError::BadValue {
         what: Field::SubtreeName,
         at: PhysAddr::new(0),
         found: 0,
@@ -251,7 +274,10 @@ mod tests {
         let t = FdtTree { root: FdtNode::new("").prop_str("compatible", "kho-v4") };
         let dtb = t.to_dtb().unwrap();
         let e = FdtTree::parse(&dtb[..dtb.len() - 4], Field::RootFdt, PhysAddr::new(0x1000)).unwrap_err();
-        assert!(matches!(&e, Error::BadFdt { reason, .. } if reason.contains("truncated")), "{e}");
+        assert!(
+            matches!(&e, DecodeError { kind: DecodeErrorKind::BadFdt { reason, .. }, .. } if reason.contains("truncated")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -260,14 +286,68 @@ mod tests {
         let e = n.le64(PhysAddr::new(0x2000), "/x", "preserved-data").unwrap_err();
         assert_eq!(
             e,
-            Error::PropertyLength {
-                at: PhysAddr::new(0x2000),
-                node: "/x".into(),
-                prop: "preserved-data",
-                len: 4,
-                expected: 8
-            }
+            DecodeError::new(
+                Field::for_property("preserved-data"),
+                PhysAddr::new(0x2000),
+                DecodeErrorKind::PropertyLength { node: "/x".into(), prop: "preserved-data", len: 4, expected: 8 }
+            )
         );
+    }
+
+    /// A DTB whose root node has exactly `props`, in order (duplicates allowed).
+    fn raw_dtb(props: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut st: Vec<u8> = Vec::new();
+        let mut strings: Vec<u8> = Vec::new();
+        st.extend_from_slice(&1u32.to_be_bytes());
+        st.extend_from_slice(&[0; 4]); // "" padded to 4
+        for (name, value) in props {
+            let off = strings.len() as u32;
+            strings.extend_from_slice(name.as_bytes());
+            strings.push(0);
+            st.extend_from_slice(&3u32.to_be_bytes());
+            st.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            st.extend_from_slice(&off.to_be_bytes());
+            st.extend_from_slice(value);
+            while !st.len().is_multiple_of(4) {
+                st.push(0);
+            }
+        }
+        st.extend_from_slice(&2u32.to_be_bytes());
+        st.extend_from_slice(&9u32.to_be_bytes());
+        let (rsv, off_st) = (40u32, 56u32);
+        let off_str = off_st + st.len() as u32;
+        let total = off_str + strings.len() as u32;
+        let mut out = Vec::new();
+        for v in [FDT_MAGIC, total, off_st, off_str, rsv, 17, 16, 0, strings.len() as u32, st.len() as u32] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&[0; 16]);
+        out.extend_from_slice(&st);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn duplicate_properties_are_found_in_n_log_n_comparisons() {
+        let n = 100_000usize;
+        let names: Vec<String> = (0..n).map(|i| alloc::format!("p{:06}", (i * 7919) % n)).collect();
+        let mut work = 0u64;
+        assert_eq!(duplicate_name(names.iter().map(String::as_str), &mut work), None);
+        // n log2 n is 1.7 million; the quadratic scan did n^2 / 2 = 5 * 10^9.
+        let bound = 2 * n as u64 * u64::from(n.ilog2() + 1);
+        assert!(work <= bound, "{work} comparisons for {n} names (bound {bound})");
+        let mut with_dup = names.clone();
+        with_dup.push("p000042".into());
+        assert_eq!(duplicate_name(with_dup.iter().map(String::as_str), &mut 0), Some("p000042"));
+    }
+
+    #[test]
+    fn a_node_with_two_properties_of_one_name_is_malformed() {
+        // dtoolkit's writer keeps one property per name, so the blob is laid out by hand.
+        let dtb = raw_dtb(&[("compatible", b"kho-v4\0"), ("x", &[1; 8]), ("x", &[2; 8])]);
+        assert!(FdtTree::parse(&raw_dtb(&[("x", &[1; 8]), ("y", &[2; 8])]), Field::RootFdt, PhysAddr::new(0)).is_ok());
+        let e = FdtTree::parse(&dtb, Field::RootFdt, PhysAddr::new(0x1000)).unwrap_err();
+        assert!(e.to_string().contains("two properties named \"x\""), "{e}");
     }
 
     #[test]

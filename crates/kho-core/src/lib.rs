@@ -18,10 +18,10 @@ pub mod testing;
 pub mod types;
 
 pub use blockset::BlockSet;
-pub use error::{Error, Field, Result};
+pub use error::{DecodeError, DecodeErrorKind, Error, ErrorClass, Field, OutgoingError, RestoreError, Result};
 pub use format::handover_ptr::HandoverPtr;
 pub use format::{BitmapBytes, FormatVersion, Limits};
 pub use incoming::{Handover, IncomingConfig, OversizedPolicy, Validation};
 pub use outgoing::{Finalized, Kho, OutgoingConfig};
-pub use platform::{AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite, Platform};
+pub use platform::{Access, AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite, Platform};
 pub use types::{Block, Order, PAGE_SHIFT, PAGE_SIZE, Pfn, PhysAddr, PhysRange};

@@ -8,14 +8,46 @@
 
 use crate::types::{Block, Pfn, PhysAddr, PhysRange};
 
+/// Which way a memory access went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+}
+
+impl Access {
+    /// True for [`Access::Write`].
+    #[must_use]
+    pub const fn is_write(self) -> bool {
+        matches!(self, Access::Write)
+    }
+}
+
 /// A read or write touched bytes the platform does not back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{len} bytes at {phys} are not backed by memory")]
+#[error("cannot {} {len} bytes at {phys}: not backed by memory", if access.is_write() { "write" } else { "read" })]
 pub struct MemError {
+    /// Read or write.
+    pub access: Access,
     /// First byte asked for.
     pub phys: PhysAddr,
     /// Bytes asked for.
     pub len: u64,
+}
+
+impl MemError {
+    /// A failed read of `len` bytes at `phys`.
+    #[must_use]
+    pub const fn read(phys: PhysAddr, len: u64) -> Self {
+        Self { access: Access::Read, phys, len }
+    }
+    /// A failed write of `len` bytes at `phys`.
+    #[must_use]
+    pub const fn write(phys: PhysAddr, len: u64) -> Self {
+        Self { access: Access::Write, phys, len }
+    }
 }
 
 /// Read access to physical memory. Must fail, not panic, for unbacked addresses.

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 
-use crate::platform::{AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite};
+use crate::platform::{Access, AllocError, MemError, MemMap, MetaAlloc, PhysRead, PhysWrite};
 use crate::types::{Block, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, Pfn, PhysAddr, PhysRange};
 
 /// Physical memory as a sparse map of pages; untouched pages read as zero. With RAM ranges
@@ -30,8 +30,8 @@ impl SparseMem {
     pub fn with_ram(ram: &[PhysRange]) -> Self {
         Self { ram: ram.to_vec(), pages: Mutex::default() }
     }
-    fn backed(&self, phys: PhysAddr, len: usize) -> Result<(), MemError> {
-        let err = MemError { phys, len: len as u64 };
+    fn backed(&self, access: Access, phys: PhysAddr, len: usize) -> Result<(), MemError> {
+        let err = MemError { access, phys, len: len as u64 };
         let Some(r) = PhysRange::new(phys, (len as u64).max(1)) else { return Err(err) };
         if self.ram.is_empty() || self.ram.iter().any(|ram| ram.contains_range(r)) { Ok(()) } else { Err(err) }
     }
@@ -55,7 +55,7 @@ impl SparseMem {
 
 impl PhysRead for SparseMem {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        self.backed(phys, buf.len())?;
+        self.backed(Access::Read, phys, buf.len())?;
         let pages = self.pages.lock();
         let mut addr = phys.as_u64();
         let mut done = 0;
@@ -75,7 +75,7 @@ impl PhysRead for SparseMem {
 
 impl PhysWrite for SparseMem {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
-        self.backed(phys, data.len())?;
+        self.backed(Access::Write, phys, data.len())?;
         let mut pages = self.pages.lock();
         let mut addr = phys.as_u64();
         let mut done = 0;
@@ -99,10 +99,12 @@ struct Pool {
     live: BTreeSet<u64>,
     allocs: u64,
     fail_at: Option<u64>,
+    writes: u64,
+    fail_write_at: Option<u64>,
 }
 
 /// A test platform: [`SparseMem`] plus a metadata page pool carved from one range, with
-/// fault injection ("the n-th allocation from now fails").
+/// fault injection ("the n-th allocation from now fails", "the n-th write from now fails").
 #[derive(Debug)]
 pub struct TestPlatform {
     /// The memory.
@@ -130,6 +132,18 @@ impl TestPlatform {
     pub fn alloc_attempts(&self) -> u64 {
         self.pool.lock().allocs
     }
+    /// Makes write number `n` (0-based, counted from now) fail with a write [`MemError`];
+    /// `None` disables.
+    pub fn fail_write_at(&self, n: Option<u64>) {
+        let mut p = self.pool.lock();
+        p.writes = 0;
+        p.fail_write_at = n;
+    }
+    /// Writes attempted since the last [`TestPlatform::fail_write_at`].
+    #[must_use]
+    pub fn write_attempts(&self) -> u64 {
+        self.pool.lock().writes
+    }
     /// Metadata pages currently allocated.
     #[must_use]
     pub fn live_meta_pages(&self) -> BTreeSet<u64> {
@@ -144,6 +158,13 @@ impl PhysRead for TestPlatform {
 }
 impl PhysWrite for TestPlatform {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
+        let mut p = self.pool.lock();
+        let n = p.writes;
+        p.writes += 1;
+        if p.fail_write_at == Some(n) {
+            return Err(MemError::write(phys, data.len() as u64));
+        }
+        drop(p);
         self.mem.write_phys(phys, data)
     }
 }

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kho_core::split::split_range;
 use kho_core::testing::TestPlatform;
 use kho_core::{
-    Block, Error, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr,
-    PhysRange,
+    Block, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, OutgoingError, PAGE_SIZE, Pfn,
+    PhysAddr, PhysRange,
 };
 
 const MIB: u64 = 1 << 20;
@@ -137,8 +137,11 @@ fn concurrent_preserve_unpreserve_matches_a_sequential_model() {
                         };
                         match (op, res) {
                             (_, Ok(())) => log.push((id, op)),
-                            (Op::Preserve, Err(Error::AlreadyPreserved { .. } | Error::Overlap { .. })) => {}
-                            (Op::Unpreserve, Err(Error::NotPreserved { .. })) => {}
+                            (
+                                Op::Preserve,
+                                Err(OutgoingError::AlreadyPreserved { .. } | OutgoingError::Overlap { .. }),
+                            ) => {}
+                            (Op::Unpreserve, Err(OutgoingError::NotPreserved { .. })) => {}
                             (op, Err(e)) => panic!("{op:?} of range {id}: unexpected {e}"),
                         }
                     }
@@ -225,7 +228,7 @@ fn concurrent_finalize_freezes_a_consistent_set() {
                                 ok.push(b);
                                 progress.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(Error::Finalized) => {
+                            Err(OutgoingError::Finalized) => {
                                 frozen = true;
                                 // Stay a little longer: later calls must fail too.
                                 if ok.len() + 16 < i as usize {

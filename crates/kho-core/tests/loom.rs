@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use kho_core::testing::TestPlatform;
 use kho_core::{
-    Block, Error, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, Pfn, PhysAddr, PhysRange,
+    Block, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, OutgoingError, Pfn, PhysAddr, PhysRange,
 };
 use loom::sync::Arc;
 use loom::thread;
@@ -54,7 +54,7 @@ fn preserve_vs_unpreserve_of_one_block() {
         match un {
             Ok(()) => assert!(preserved(&kho).is_empty()),
             Err(e) => {
-                assert_eq!(e, Error::NotPreserved { block: b });
+                assert_eq!(e, OutgoingError::NotPreserved { block: b });
                 assert_eq!(preserved(&kho), BTreeSet::from([b]));
             }
         }
@@ -75,10 +75,10 @@ fn preserve_vs_finalize() {
         let fin = kho.finalize(FormatVersion::V4).unwrap();
         let results = t.join().unwrap();
         for r in &results {
-            assert!(matches!(r, Ok(()) | Err(Error::Finalized)), "{r:?}");
+            assert!(matches!(r, Ok(()) | Err(OutgoingError::Finalized)), "{r:?}");
         }
         assert!(!(results[0].is_err() && results[1].is_ok()), "a preserve succeeded after Finalized");
-        assert_eq!(kho.preserve_folio(Pfn::new(0x30000).unwrap(), Order::ZERO), Err(Error::Finalized));
+        assert_eq!(kho.preserve_folio(Pfn::new(0x30000).unwrap(), Order::ZERO), Err(OutgoingError::Finalized));
         let mut want: BTreeSet<Block> =
             [a, b].into_iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(x, _)| x).collect();
         want.insert(Block::at(fin.ptr.fdt, Order::ZERO).unwrap());
@@ -105,7 +105,7 @@ fn overlapping_preserve_pages_exactly_one_wins() {
         let want: BTreeSet<Block> = kho_core::split::split_range(winner.0, winner.1, Order::LINUX_X86_MAX).collect();
         assert_eq!(preserved(&kho), want);
         let err = if rp.is_ok() { rq } else { rp }.unwrap_err();
-        assert!(matches!(err, Error::Overlap { other, .. } if want.contains(&other)), "{err}");
+        assert!(matches!(err, OutgoingError::Overlap { other, .. } if want.contains(&other)), "{err}");
     });
 }
 

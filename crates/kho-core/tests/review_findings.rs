@@ -5,8 +5,8 @@
 
 use kho_core::testing::{RecordingMap, TestPlatform};
 use kho_core::{
-    Block, Error, Field, FormatVersion, Handover, IncomingConfig, Kho, MemMap, Order, OutgoingConfig, PAGE_SIZE, Pfn,
-    PhysAddr, PhysRange,
+    Block, DecodeError, DecodeErrorKind, Field, FormatVersion, Handover, IncomingConfig, Kho, MemMap, Order,
+    OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr, PhysRange, RestoreError,
 };
 
 const RAM: (u64, u64) = (0x10_0000, 256 << 20);
@@ -73,12 +73,12 @@ fn no_page_state_read_before_valid_page_check() {
     let mut offline = OfflineMap { inner: map, offline: vec![b.pfn()] };
     // The block is preserved, but its page is not a valid page here: the answer must be
     // "invalid page", not "restored", and the preserved state must be untouched.
-    assert_eq!(h.restore_folio(&mut offline, b.phys()), Err(Error::InvalidPage { phys: b.phys() }));
+    assert_eq!(h.restore_folio(&mut offline, b.phys()), Err(RestoreError::InvalidPage { phys: b.phys() }));
     assert!(h.preserved().contains(b), "state untouched by the refused restore");
     assert!(offline.inner.folios.is_empty());
     // Outside RAM entirely (v5 dereferenced a NULL page here).
     let far = PhysAddr::new(0x40_0000_0000);
-    assert_eq!(h.restore_folio(&mut offline, far), Err(Error::InvalidPage { phys: far }));
+    assert_eq!(h.restore_folio(&mut offline, far), Err(RestoreError::InvalidPage { phys: far }));
     // Once the page is valid, the same call restores it.
     offline.offline.clear();
     assert_eq!(h.restore_folio(&mut offline, b.phys()), Ok(b));
@@ -93,7 +93,7 @@ fn order_checked_against_max_before_compound_page() {
     assert_eq!(h.oversized_blocks(), 1);
     assert_eq!(
         h.restore_folio(&mut map, big.phys()),
-        Err(Error::OrderTooLarge { what: Field::Block, at: big.phys(), order: 12, max: 10 })
+        Err(RestoreError::OrderTooLarge { block: big, max: Order::new(10).unwrap() })
     );
     assert!(map.folios.is_empty(), "no compound page was built for the oversized block");
     assert!(h.preserved().contains(big), "oversized memory stays reserved, never lost");
@@ -108,17 +108,17 @@ fn restore_refuses_what_was_never_preserved() {
     let b = block(0x30_0000, 4);
     let (mut h, mut map) = handover(&[b], 10, 10, FormatVersion::V1);
     let nothing = PhysAddr::new(0x80_0000);
-    assert_eq!(h.restore_folio(&mut map, nothing), Err(Error::NeverPreserved { phys: nothing }));
+    assert_eq!(h.restore_folio(&mut map, nothing), Err(RestoreError::NeverPreserved { phys: nothing }));
     // Inside the block but not its head: a shape mismatch naming the real block.
     let inside = PhysAddr::new(0x30_1000);
     assert_eq!(
         h.restore_folio(&mut map, inside),
-        Err(Error::ShapeMismatch { requested: PhysRange::new(inside, PAGE_SIZE).unwrap(), found: b })
+        Err(RestoreError::ShapeMismatch { requested: PhysRange::new(inside, PAGE_SIZE).unwrap(), found: b })
     );
     let odd = PhysAddr::new(0x30_0010);
-    assert!(matches!(h.restore_folio(&mut map, odd), Err(Error::Misaligned { value: 0x30_0010, .. })));
+    assert_eq!(h.restore_folio(&mut map, odd), Err(RestoreError::Misaligned { phys: PhysAddr::new(0x30_0010) }));
     assert_eq!(h.restore_folio(&mut map, b.phys()), Ok(b));
-    assert_eq!(h.restore_folio(&mut map, b.phys()), Err(Error::AlreadyRestored { block: b }));
+    assert_eq!(h.restore_folio(&mut map, b.phys()), Err(RestoreError::AlreadyRestored { block: b }));
     assert_eq!(map.folios, [b]);
 }
 
@@ -127,16 +127,16 @@ fn restore_pages_needs_an_exact_tiling_and_is_all_or_nothing() {
     let (a, b) = (block(0x40_0000, 1), block(0x40_2000, 0));
     let (mut h, mut map) = handover(&[a, b], 10, 10, FormatVersion::V4);
     // Three pages: a (2 pages) + b (1 page). Four pages would run into nothing.
-    assert!(matches!(h.restore_pages(&mut map, a.phys(), 4), Err(Error::NeverPreserved { .. })));
+    assert!(matches!(h.restore_pages(&mut map, a.phys(), 4), Err(RestoreError::NeverPreserved { .. })));
     // One page would cut block a in half.
     assert_eq!(
         h.restore_pages(&mut map, a.phys(), 1),
-        Err(Error::ShapeMismatch { requested: PhysRange::new(a.phys(), PAGE_SIZE).unwrap(), found: a })
+        Err(RestoreError::ShapeMismatch { requested: PhysRange::new(a.phys(), PAGE_SIZE).unwrap(), found: a })
     );
     assert!(map.pages.is_empty(), "failed calls restore nothing");
     assert_eq!(h.restore_pages(&mut map, a.phys(), 3), Ok(vec![a, b]));
-    assert_eq!(h.restore_pages(&mut map, a.phys(), 3), Err(Error::AlreadyRestored { block: a }));
-    assert_eq!(h.restore_pages(&mut map, a.phys(), 0), Err(Error::Empty { what: Field::Argument }));
+    assert_eq!(h.restore_pages(&mut map, a.phys(), 3), Err(RestoreError::AlreadyRestored { block: a }));
+    assert_eq!(h.restore_pages(&mut map, a.phys(), 0), Err(RestoreError::Empty { phys: a.phys() }));
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn unclaimed_memory_is_listed_and_released() {
     assert_eq!(h.release_unclaimed(&mut map), 2);
     assert_eq!(map.released, [blocks[0], blocks[2]]);
     assert_eq!(h.unclaimed().count(), 0);
-    assert!(matches!(h.restore_folio(&mut map, blocks[0].phys()), Err(Error::NeverPreserved { .. })));
+    assert!(matches!(h.restore_folio(&mut map, blocks[0].phys()), Err(RestoreError::NeverPreserved { .. })));
 }
 
 #[test]
@@ -181,7 +181,7 @@ fn strict_policy_refuses_a_handover_with_oversized_blocks() {
     // Order 11 comes first in the walk; the error names that order's lowest block.
     assert_eq!(
         Handover::parse(&plat, &fin.ptr, &icfg).unwrap_err(),
-        Error::OrderTooLarge { what: Field::Block, at: high.phys(), order: 11, max: 10 }
+        DecodeError::new(Field::Block, high.phys(), DecodeErrorKind::OrderTooLarge { order: 11, max: 10 })
     );
     icfg.oversized = kho_core::OversizedPolicy::Reserve;
     assert_eq!(Handover::parse(&plat, &fin.ptr, &icfg).unwrap().oversized_blocks(), 2);

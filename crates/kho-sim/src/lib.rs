@@ -64,8 +64,8 @@ pub enum SimError {
 
 impl SimError {
     /// Wraps an engine error with what was being done.
-    pub fn kho(context: impl Into<String>) -> impl FnOnce(kho_core::Error) -> SimError {
+    pub fn kho<E: Into<kho_core::Error>>(context: impl Into<String>) -> impl FnOnce(E) -> SimError {
         let context = context.into();
-        move |source| SimError::Kho { context, source }
+        move |source| SimError::Kho { context, source: source.into() }
     }
 }

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::ptr::NonNull;
 
-use kho_core::{MemError, PAGE_SIZE, PhysAddr, PhysRange, PhysRead, PhysWrite};
+use kho_core::{Access, MemError, PAGE_SIZE, PhysAddr, PhysRange, PhysRead, PhysWrite};
 use rustix::fs::{MemfdFlags, SeekFrom};
 use rustix::io::{Errno, FdFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -219,7 +219,7 @@ impl Ram {
     /// # Errors
     /// [`MemError`] past the end of the file.
     pub fn firmware_read(&self, phys: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let off = self.check(phys, buf.len(), 0)?;
+        let off = self.check(Access::Read, phys, buf.len(), 0)?;
         // SAFETY: `check` proved `[off, off + len)` lies inside the mapping. `buf` is a
         // distinct Rust allocation (the mapping is never handed out as a slice), and `Ram` is
         // not `Sync`, so no other Rust access to these bytes runs concurrently.
@@ -232,7 +232,7 @@ impl Ram {
     /// # Errors
     /// [`MemError`] past the end of the file.
     pub fn firmware_write(&self, phys: u64, data: &[u8]) -> Result<(), MemError> {
-        let off = self.check(phys, data.len(), 0)?;
+        let off = self.check(Access::Write, phys, data.len(), 0)?;
         // SAFETY: as in `firmware_read`, with the copy going the other way.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(off), data.len()) };
         Ok(())
@@ -244,8 +244,8 @@ impl Ram {
     /// # Errors
     /// [`MemError`] outside RAM.
     pub fn fill(&self, phys: u64, len: u64, pattern: &[u8; 64]) -> Result<(), MemError> {
-        let n = usize::try_from(len).map_err(|_| MemError { phys: PhysAddr::new(phys), len })?;
-        let off = self.check(phys, n, RAM_BASE)?;
+        let n = usize::try_from(len).map_err(|_| MemError::write(PhysAddr::new(phys), len))?;
+        let off = self.check(Access::Write, phys, n, RAM_BASE)?;
         let mut done = 0;
         while done < n {
             let k = (n - done).min(pattern.len());
@@ -257,8 +257,8 @@ impl Ram {
         Ok(())
     }
 
-    fn check(&self, phys: u64, len: usize, low: u64) -> Result<usize, MemError> {
-        let err = MemError { phys: PhysAddr::new(phys), len: len as u64 };
+    fn check(&self, access: Access, phys: u64, len: usize, low: u64) -> Result<usize, MemError> {
+        let err = MemError { access, phys: PhysAddr::new(phys), len: len as u64 };
         let end = phys.checked_add(len as u64).ok_or(err)?;
         if phys < low || end > self.size {
             return Err(err);
@@ -269,7 +269,7 @@ impl Ram {
 
 impl PhysRead for Ram {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        let off = self.check(phys.as_u64(), buf.len(), RAM_BASE)?;
+        let off = self.check(Access::Read, phys.as_u64(), buf.len(), RAM_BASE)?;
         // SAFETY: `check` proved `[off, off + len)` is inside the mapping and inside RAM;
         // `buf` is a separate allocation; no concurrent access (not `Sync`).
         unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
@@ -279,7 +279,7 @@ impl PhysRead for Ram {
 
 impl PhysWrite for Ram {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
-        let off = self.check(phys.as_u64(), data.len(), RAM_BASE)?;
+        let off = self.check(Access::Write, phys.as_u64(), data.len(), RAM_BASE)?;
         // SAFETY: as in `read_phys`, copying the other way.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(off), data.len()) };
         Ok(())

@@ -22,7 +22,7 @@ use kho_core::format::vmalloc::{self, KhoVmalloc};
 use kho_core::format::{Limits, WalkContext};
 use kho_core::incoming::{Handover, OversizedPolicy};
 use kho_core::outgoing::Kho;
-use kho_core::{Error as KhoError, Field, MetaAlloc, Order, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysRead, PhysWrite};
+use kho_core::{Field, MetaAlloc, Order, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysRead, PhysWrite, RestoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
@@ -396,7 +396,7 @@ impl Workload {
             for it in items {
                 let res = match it.folio {
                     true => match h.restore_folio(&mut m.memmap(), PhysAddr::new(it.phys)) {
-                        Err(KhoError::OrderTooLarge { .. }) if policy == OversizedPolicy::Reserve => {
+                        Err(RestoreError::OrderTooLarge { .. }) if policy == OversizedPolicy::Reserve => {
                             rep.oversized_as_pages += 1;
                             h.restore_pages(&mut m.memmap(), PhysAddr::new(it.phys), it.pages).map(|_| ())
                         }

@@ -226,7 +226,7 @@ pub(crate) mod tests {
         assert_eq!(buf, [0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0, 0, 0, 0, 0, 0, 0, 0]);
         // Past the end of the second segment into the hole.
         let e = m.read_phys(PhysAddr::new(0x10_2ff8), &mut buf).unwrap_err();
-        assert_eq!(e, MemError { phys: PhysAddr::new(0x10_2ff8), len: 16 });
+        assert_eq!(e, MemError::read(PhysAddr::new(0x10_2ff8), 16));
         // In the hole, before everything, and past the last segment.
         assert!(m.read_phys(PhysAddr::new(0x15_0000), &mut buf).is_err());
         assert!(m.read_phys(PhysAddr::new(0), &mut buf).is_err());

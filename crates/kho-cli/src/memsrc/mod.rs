@@ -419,7 +419,7 @@ impl PhysRead for MemSource {
     /// Reads across adjacent segments as one stretch; any byte in a hole between segments (or
     /// outside all of them), or an I/O error from the backing file, fails the whole read.
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        let err = MemError { phys, len: buf.len() as u64 };
+        let err = MemError::read(phys, buf.len() as u64);
         if buf.is_empty() {
             return Ok(());
         }
@@ -524,7 +524,7 @@ mod tests {
         assert_eq!(buf, [0; 8]);
         // Into the hole after b, from before it, and in no segment at all.
         let e = m.read_phys(PhysAddr::new(0x1_2ffc), &mut buf).unwrap_err();
-        assert_eq!(e, MemError { phys: PhysAddr::new(0x1_2ffc), len: 8 });
+        assert_eq!(e, MemError::read(PhysAddr::new(0x1_2ffc), 8));
         assert!(m.read_phys(PhysAddr::new(0xfffc), &mut buf).is_err());
         assert!(m.read_phys(PhysAddr::new(0x3_0000), &mut buf).is_err());
         assert!(m.read_phys(PhysAddr::new(u64::MAX - 3), &mut buf).is_err());

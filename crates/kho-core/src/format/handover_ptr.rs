@@ -9,15 +9,17 @@
 
 use alloc::vec::Vec;
 
-use crate::error::{Error, Field, Result};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
 use crate::fdt::FdtNode;
-use crate::format::le64;
+use crate::format::abi::{KhoData, SetupDataHeader};
 use crate::types::PhysAddr;
 
 /// `setup_data.type` for KHO.
 pub const SETUP_KEXEC_KHO: u32 = 10;
 /// Payload bytes of `struct kho_data`.
-pub const KHO_DATA_BYTES: usize = 32;
+pub const KHO_DATA_BYTES: usize = core::mem::size_of::<KhoData>();
 /// `/chosen` property with the FDT's (address, size).
 pub const CHOSEN_FDT: &str = "linux,kho-fdt";
 /// `/chosen` property with the scratch array's (address, size).
@@ -40,44 +42,46 @@ impl HandoverPtr {
     /// The 32-byte `struct kho_data` payload.
     #[must_use]
     pub fn to_setup_data_payload(&self) -> [u8; KHO_DATA_BYTES] {
-        let mut out = [0u8; KHO_DATA_BYTES];
-        for (i, v) in
-            [self.fdt.as_u64(), self.fdt_size, self.scratch.as_u64(), self.scratch_size].into_iter().enumerate()
-        {
-            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-        }
-        out
+        let data = KhoData {
+            fdt_addr: self.fdt.as_u64().into(),
+            fdt_size: self.fdt_size.into(),
+            scratch_addr: self.scratch.as_u64().into(),
+            scratch_size: self.scratch_size.into(),
+        };
+        zerocopy::transmute!(data)
     }
 
     /// Decodes a `struct kho_data` payload. Unlike Linux, which does not check `len`, a
     /// payload shorter than 32 bytes is refused (`at` is its address, for the message).
     ///
     /// # Errors
-    /// [`Error::BadValue`] for a short payload.
-    pub fn from_setup_data_payload(payload: &[u8], at: PhysAddr) -> Result<Self> {
-        if payload.len() < KHO_DATA_BYTES {
-            return Err(Error::BadValue {
-                what: Field::SetupData,
+    /// [`DecodeErrorKind::BadValue`] for a short payload.
+    pub fn from_setup_data_payload(payload: &[u8], at: PhysAddr) -> Result<Self, DecodeError> {
+        let (d, _) = KhoData::read_from_prefix(payload).map_err(|_| {
+            DecodeError::new(
+                Field::SetupData,
                 at,
-                found: payload.len() as u64,
-                expected: "a 32-byte kho_data payload",
-            });
-        }
+                DecodeErrorKind::BadValue { found: payload.len() as u64, expected: "a 32-byte kho_data payload" },
+            )
+        })?;
         Ok(Self {
-            fdt: PhysAddr::new(le64(payload, 0)),
-            fdt_size: le64(payload, 8),
-            scratch: PhysAddr::new(le64(payload, 16)),
-            scratch_size: le64(payload, 24),
+            fdt: PhysAddr::new(d.fdt_addr.get()),
+            fdt_size: d.fdt_size.get(),
+            scratch: PhysAddr::new(d.scratch_addr.get()),
+            scratch_size: d.scratch_size.get(),
         })
     }
 
     /// A whole `setup_data` node (16-byte header with `next`, `type`, `len`, then payload).
     #[must_use]
     pub fn to_setup_data_node(&self, next: PhysAddr) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + KHO_DATA_BYTES);
-        out.extend_from_slice(&next.as_u64().to_le_bytes());
-        out.extend_from_slice(&SETUP_KEXEC_KHO.to_le_bytes());
-        out.extend_from_slice(&(KHO_DATA_BYTES as u32).to_le_bytes());
+        let hdr = SetupDataHeader {
+            next: next.as_u64().into(),
+            kind: SETUP_KEXEC_KHO.into(),
+            len: (KHO_DATA_BYTES as u32).into(),
+        };
+        let mut out = Vec::with_capacity(core::mem::size_of::<SetupDataHeader>() + KHO_DATA_BYTES);
+        out.extend_from_slice(hdr.as_bytes());
         out.extend_from_slice(&self.to_setup_data_payload());
         out
     }
@@ -85,20 +89,22 @@ impl HandoverPtr {
     /// Decodes a whole `setup_data` node; returns the pointer and the `next` field.
     ///
     /// # Errors
-    /// [`Error::BadValue`] for a short node, a type other than 10, or a `len` below 32.
-    pub fn from_setup_data_node(node: &[u8], at: PhysAddr) -> Result<(Self, PhysAddr)> {
-        let bad = |found: u64, expected| Error::BadValue { what: Field::SetupData, at, found, expected };
-        let hdr = node.get(..16).ok_or_else(|| bad(node.len() as u64, "a 16-byte setup_data header"))?;
-        let ty = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
-        let len = u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    /// [`DecodeErrorKind::BadValue`] for a short node, a type other than 10, or a `len` below 32.
+    pub fn from_setup_data_node(node: &[u8], at: PhysAddr) -> Result<(Self, PhysAddr), DecodeError> {
+        let bad = |found: u64, expected| {
+            DecodeError::new(Field::SetupData, at, DecodeErrorKind::BadValue { found, expected })
+        };
+        let (hdr, payload) = SetupDataHeader::read_from_prefix(node)
+            .map_err(|_| bad(node.len() as u64, "a 16-byte setup_data header"))?;
+        let (ty, len) = (hdr.kind.get(), hdr.len.get());
         if ty != SETUP_KEXEC_KHO {
             return Err(bad(u64::from(ty), "setup_data type 10 (SETUP_KEXEC_KHO)"));
         }
         if (len as usize) < KHO_DATA_BYTES {
             return Err(bad(u64::from(len), "setup_data len of at least 32"));
         }
-        let ptr = Self::from_setup_data_payload(&node[16..], at)?;
-        Ok((ptr, PhysAddr::new(le64(hdr, 0))))
+        let ptr = Self::from_setup_data_payload(payload, at)?;
+        Ok((ptr, PhysAddr::new(hdr.next.get())))
     }
 
     /// The two `/chosen` property values, with `address_cells`/`size_cells` of 1 or 2.
@@ -114,26 +120,26 @@ impl HandoverPtr {
     /// boots cold); wrong lengths are errors.
     ///
     /// # Errors
-    /// [`Error::MissingProperty`] or [`Error::PropertyLength`].
-    pub fn from_chosen(chosen: &FdtNode, address_cells: u32, size_cells: u32) -> Result<Self> {
-        let read = |prop: &'static str| -> Result<(u64, u64)> {
-            let v = chosen.get(prop).ok_or_else(|| Error::MissingProperty {
-                at: PhysAddr::new(0),
-                node: "/chosen".into(),
-                prop,
+    /// [`DecodeErrorKind::MissingProperty`] or [`DecodeErrorKind::PropertyLength`].
+    pub fn from_chosen(chosen: &FdtNode, address_cells: u32, size_cells: u32) -> Result<Self, DecodeError> {
+        let read = |prop: &'static str| -> Result<(u64, u64), DecodeError> {
+            let v = chosen.get(prop).ok_or_else(|| {
+                DecodeError::new(
+                    Field::for_property(prop),
+                    PhysAddr::new(0),
+                    DecodeErrorKind::MissingProperty { node: "/chosen".into(), prop },
+                )
             })?;
             // Cell counts come from the boot loader's device tree: range-check them before
             // any arithmetic (0xffffffff + 2 overflows u32).
             let cells_ok = (1..=2).contains(&address_cells) && (1..=2).contains(&size_cells);
             let want = 4 * (address_cells as usize).saturating_add(size_cells as usize);
             if !cells_ok || v.len() != want {
-                return Err(Error::PropertyLength {
-                    at: PhysAddr::new(0),
-                    node: "/chosen".into(),
-                    prop,
-                    len: v.len(),
-                    expected: want,
-                });
+                return Err(DecodeError::new(
+                    Field::for_property(prop),
+                    PhysAddr::new(0),
+                    DecodeErrorKind::PropertyLength { node: "/chosen".into(), prop, len: v.len(), expected: want },
+                ));
             }
             let (a, s) = v.split_at(4 * address_cells as usize);
             Ok((be_cells(a), be_cells(s)))
@@ -194,7 +200,7 @@ mod tests {
         wrong[8] = 9;
         assert!(matches!(
             HandoverPtr::from_setup_data_node(&wrong, PhysAddr::new(0)),
-            Err(Error::BadValue { found: 9, .. })
+            Err(DecodeError { kind: DecodeErrorKind::BadValue { found: 9, .. }, .. })
         ));
         assert!(HandoverPtr::from_setup_data_payload(&node[16..40], PhysAddr::new(0)).is_err());
     }
@@ -217,8 +223,11 @@ mod tests {
         let short = FdtNode::new("chosen").prop(CHOSEN_FDT, &[0; 8]).prop(CHOSEN_SCRATCH, &props[1].1);
         assert!(matches!(
             HandoverPtr::from_chosen(&short, 2, 2),
-            Err(Error::PropertyLength { len: 8, expected: 16, .. })
+            Err(DecodeError { kind: DecodeErrorKind::PropertyLength { len: 8, expected: 16, .. }, .. })
         ));
-        assert!(matches!(HandoverPtr::from_chosen(&FdtNode::new("chosen"), 2, 2), Err(Error::MissingProperty { .. })));
+        assert!(matches!(
+            HandoverPtr::from_chosen(&FdtNode::new("chosen"), 2, 2),
+            Err(DecodeError { kind: DecodeErrorKind::MissingProperty { .. }, .. })
+        ));
     }
 }

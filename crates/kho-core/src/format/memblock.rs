@@ -7,7 +7,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
 use crate::fdt::{FdtNode, FdtTree};
 use crate::types::PhysAddr;
 
@@ -29,44 +29,52 @@ pub struct ReserveMem {
     pub size: u64,
 }
 
-fn check_compatible(node: &FdtNode, at: PhysAddr, path: &str, want: &'static str) -> Result<()> {
+fn check_compatible(node: &FdtNode, at: PhysAddr, path: &str, want: &'static str) -> Result<(), DecodeError> {
     match node.first_compatible() {
-        None => Err(Error::MissingProperty { at, node: path.to_string(), prop: "compatible" }),
+        None => Err(DecodeError::new(
+            Field::for_property("compatible"),
+            at,
+            DecodeErrorKind::MissingProperty { node: path.to_string(), prop: "compatible" },
+        )),
         Some(_) if node.is_compatible(want) => Ok(()),
-        Some(found) => Err(Error::Incompatible { at, found, supported: want }),
+        Some(found) => {
+            Err(DecodeError::new(Field::Compatible, at, DecodeErrorKind::Incompatible { found, supported: want }))
+        }
     }
 }
 
 /// Parses the `memblock` blob found at `at`.
 ///
 /// # Errors
-/// [`Error::BadFdt`] (`Blob`) for a malformed FDT or an empty/duplicate name;
-/// [`Error::MissingProperty`] / [`Error::Incompatible`] for a missing or wrong compatible;
-/// [`Error::MissingProperty`] / [`Error::PropertyLength`] for `start`/`size` that are absent
-/// or not 8 bytes; [`Error::BadValue`] (`Blob`) for an empty or wrapping region.
-pub fn parse(blob: &[u8], at: PhysAddr) -> Result<Vec<ReserveMem>> {
+/// [`DecodeErrorKind::BadFdt`] (`Blob`) for a malformed FDT or an empty/duplicate name;
+/// [`DecodeErrorKind::MissingProperty`] / [`DecodeErrorKind::Incompatible`] for a missing or wrong compatible;
+/// [`DecodeErrorKind::MissingProperty`] / [`DecodeErrorKind::PropertyLength`] for `start`/`size` that are absent
+/// or not 8 bytes; [`DecodeErrorKind::BadValue`] (`Blob`) for an empty or wrapping region.
+pub fn parse(blob: &[u8], at: PhysAddr) -> Result<Vec<ReserveMem>, DecodeError> {
     let tree = FdtTree::parse(blob, Field::Blob, at)?;
     check_compatible(&tree.root, at, "/", COMPATIBLE)?;
     let mut out: Vec<ReserveMem> = Vec::with_capacity(tree.root.children.len());
     for child in &tree.root.children {
         let path = alloc::format!("/{}", child.name);
         if child.name.is_empty() || out.iter().any(|r| r.name == child.name) {
-            return Err(Error::BadFdt {
-                what: Field::Blob,
+            return Err(DecodeError::new(
+                Field::Blob,
                 at,
-                reason: alloc::format!("empty or duplicate node {path:?}"),
-            });
+                DecodeErrorKind::BadFdt { reason: alloc::format!("empty or duplicate node {path:?}") },
+            ));
         }
         check_compatible(child, at, &path, REGION_COMPATIBLE)?;
         let start = child.le64(at, &path, "start")?;
         let size = child.le64(at, &path, "size")?;
         if size == 0 || start.checked_add(size).is_none() {
-            return Err(Error::BadValue {
-                what: Field::Blob,
+            return Err(DecodeError::new(
+                Field::Blob,
                 at,
-                found: size,
-                expected: "a non-empty region that does not wrap the address space",
-            });
+                DecodeErrorKind::BadValue {
+                    found: size,
+                    expected: "a non-empty region that does not wrap the address space",
+                },
+            ));
         }
         out.push(ReserveMem { name: child.name.clone(), start: PhysAddr::new(start), size });
     }
@@ -76,13 +84,13 @@ pub fn parse(blob: &[u8], at: PhysAddr) -> Result<Vec<ReserveMem>> {
 /// Builds the `memblock` blob for `regions`, in the order given.
 ///
 /// # Errors
-/// [`Error::BadValue`] (`Argument`) for a name that is empty, longer than
+/// [`DecodeErrorKind::BadValue`] (`Argument`) for a name that is empty, longer than
 /// [`MAX_NAME_LEN`], not a plain node name, or used twice, and for an empty or wrapping
 /// region.
-pub fn build(regions: &[ReserveMem]) -> Result<Vec<u8>> {
+pub fn build(regions: &[ReserveMem]) -> Result<Vec<u8>, OutgoingError> {
     let mut root = FdtNode::new("").prop_str("compatible", COMPATIBLE);
     for (i, r) in regions.iter().enumerate() {
-        let bad = |expected| Error::BadValue { what: Field::Argument, at: r.start, found: i as u64, expected };
+        let bad = |expected| OutgoingError::BadValue { what: Field::Argument, at: r.start, found: i as u64, expected };
         let plain = r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b",._+-".contains(&b));
         if r.name.is_empty() || r.name.len() > MAX_NAME_LEN || !plain {
             return Err(bad("a region name of 1 to 15 node-name characters"));
@@ -131,12 +139,17 @@ mod tests {
         let at = PhysAddr::new(0x7000);
         let t = FdtTree { root: FdtNode::new("").prop_str("compatible", "memblock-v2") };
         let e = parse(&t.to_dtb().unwrap(), at).unwrap_err();
-        assert!(matches!(&e, Error::Incompatible { found, supported: "memblock-v1", .. } if found == "memblock-v2"));
+        assert!(
+            matches!(&e, DecodeError { kind: DecodeErrorKind::Incompatible { found, supported: "memblock-v1", .. }, .. } if found == "memblock-v2")
+        );
 
         let child = FdtNode::new("r").prop_str("compatible", "reserve-mem-v2");
         let t = FdtTree { root: FdtNode::new("").prop_str("compatible", COMPATIBLE).child(child) };
         let e = parse(&t.to_dtb().unwrap(), at).unwrap_err();
-        assert!(matches!(e, Error::Incompatible { supported: "reserve-mem-v1", .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { kind: DecodeErrorKind::Incompatible { supported: "reserve-mem-v1", .. }, .. }),
+            "{e}"
+        );
 
         let child = FdtNode::new("r")
             .prop_str("compatible", REGION_COMPATIBLE)
@@ -144,12 +157,19 @@ mod tests {
             .prop_le64("size", 4096);
         let t = FdtTree { root: FdtNode::new("").prop_str("compatible", COMPATIBLE).child(child) };
         let e = parse(&t.to_dtb().unwrap(), at).unwrap_err();
-        assert_eq!(e, Error::PropertyLength { at, node: "/r".into(), prop: "start", len: 4, expected: 8 });
+        assert_eq!(
+            e,
+            DecodeError::new(
+                Field::for_property("start"),
+                at,
+                DecodeErrorKind::PropertyLength { node: "/r".into(), prop: "start", len: 4, expected: 8 }
+            )
+        );
 
         let child = FdtNode::new("r").prop_str("compatible", REGION_COMPATIBLE).prop_le64("start", 0);
         let t = FdtTree { root: FdtNode::new("").prop_str("compatible", COMPATIBLE).child(child) };
         let e = parse(&t.to_dtb().unwrap(), at).unwrap_err();
-        assert!(matches!(e, Error::MissingProperty { prop: "size", .. }), "{e}");
+        assert!(matches!(e, DecodeError { kind: DecodeErrorKind::MissingProperty { prop: "size", .. }, .. }), "{e}");
 
         assert!(parse(&[0u8; 8], at).is_err());
     }

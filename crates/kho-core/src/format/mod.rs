@@ -5,6 +5,7 @@
 //! blocks they find into a [`BlockSet`](crate::blockset::BlockSet). Encoders take a
 //! `BlockSet` (or the tracker's own bitmaps) and write pages the platform provides.
 
+pub mod abi;
 pub mod handover_ptr;
 pub mod root;
 pub mod scratch;
@@ -19,7 +20,7 @@ pub mod vmalloc;
 
 use alloc::vec::Vec;
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
 use crate::platform::PhysRead;
 use crate::types::{PAGE_BYTES, PAGE_SIZE, PhysAddr, PhysRange};
 
@@ -142,16 +143,27 @@ impl<'a, M: PhysRead + ?Sized> WalkContext<'a, M> {
     /// aligned to `align`, inside one RAM range and outside every scratch area.
     ///
     /// # Errors
-    /// [`Error::Null`], [`Error::Misaligned`], [`Error::OutsideRam`], [`Error::InScratch`].
-    pub fn check_pointer(&self, what: Field, at: PhysAddr, ptr: PhysAddr, len: u64, align: u64) -> Result<PhysRange> {
+    /// [`DecodeErrorKind::Null`], [`DecodeErrorKind::Misaligned`], [`DecodeErrorKind::OutsideRam`], [`DecodeErrorKind::InScratch`].
+    pub fn check_pointer(
+        &self,
+        what: Field,
+        at: PhysAddr,
+        ptr: PhysAddr,
+        len: u64,
+        align: u64,
+    ) -> Result<PhysRange, DecodeError> {
         if ptr.is_null() {
-            return Err(Error::Null { what, at });
+            return Err(DecodeError::new(what, at, DecodeErrorKind::Null));
         }
         if !ptr.is_aligned(align) {
-            return Err(Error::Misaligned { what, at, value: ptr.as_u64(), align });
+            return Err(DecodeError::new(what, at, DecodeErrorKind::Misaligned { value: ptr.as_u64(), align }));
         }
         let Some(range) = PhysRange::new(ptr, len.max(1)) else {
-            return Err(Error::BadValue { what, at, found: ptr.as_u64(), expected: "a range that does not wrap" });
+            return Err(DecodeError::new(
+                what,
+                at,
+                DecodeErrorKind::BadValue { found: ptr.as_u64(), expected: "a range that does not wrap" },
+            ));
         };
         check_in_ram(self.ram, what, at, range)?;
         check_not_in_scratch(self.scratch, what, at, range)?;
@@ -162,20 +174,20 @@ impl<'a, M: PhysRead + ?Sized> WalkContext<'a, M> {
     /// alignment), counts it against the limit, and reads it into `buf`.
     ///
     /// # Errors
-    /// As `check_pointer`, plus [`Error::TooMany`] past the page limit and
-    /// [`Error::Unreadable`] if memory does not hold the page.
+    /// As `check_pointer`, plus [`DecodeErrorKind::TooMany`] past the page limit and
+    /// [`DecodeErrorKind::Unreadable`] if memory does not hold the page.
     pub fn read_meta_page(
         &mut self,
         what: Field,
         at: PhysAddr,
         page: PhysAddr,
         buf: &mut [u8; PAGE_BYTES],
-    ) -> Result<()> {
+    ) -> Result<(), DecodeError> {
         self.check_pointer(what, at, page, PAGE_SIZE, PAGE_SIZE)?;
         if self.metadata_pages.len() as u64 >= self.limits.max_metadata_pages {
-            return Err(Error::TooMany { what, at, limit: self.limits.max_metadata_pages });
+            return Err(DecodeError::new(what, at, DecodeErrorKind::TooMany { limit: self.limits.max_metadata_pages }));
         }
-        self.mem.read_phys(page, buf).map_err(|e| Error::unreadable(what, e))?;
+        self.mem.read_phys(page, buf).map_err(|e| DecodeError::unreadable(what, e))?;
         self.metadata_pages.push(page);
         Ok(())
     }
@@ -188,57 +200,57 @@ impl<M: PhysRead + ?Sized> WalkContext<'_, M> {
     ///
     /// # Errors
     /// As [`WalkContext::read_meta_page`].
-    pub fn read_meta(&mut self, what: Field, at: PhysAddr, ptr: PhysAddr, buf: &mut [u8], align: u64) -> Result<()> {
+    pub fn read_meta(
+        &mut self,
+        what: Field,
+        at: PhysAddr,
+        ptr: PhysAddr,
+        buf: &mut [u8],
+        align: u64,
+    ) -> Result<(), DecodeError> {
         self.check_pointer(what, at, ptr, buf.len() as u64, align)?;
         let page = PhysAddr::new(ptr.as_u64() & !(PAGE_SIZE - 1));
         if self.metadata_pages.last() != Some(&page) {
             if self.metadata_pages.len() as u64 >= self.limits.max_metadata_pages {
-                return Err(Error::TooMany { what, at, limit: self.limits.max_metadata_pages });
+                return Err(DecodeError::new(
+                    what,
+                    at,
+                    DecodeErrorKind::TooMany { limit: self.limits.max_metadata_pages },
+                ));
             }
             self.metadata_pages.push(page);
         }
-        self.mem.read_phys(ptr, buf).map_err(|e| Error::unreadable(what, e))
+        self.mem.read_phys(ptr, buf).map_err(|e| DecodeError::unreadable(what, e))
     }
 }
 
 /// Checks that `range` lies inside one RAM range.
 ///
 /// # Errors
-/// [`Error::OutsideRam`].
-pub fn check_in_ram(ram: &[PhysRange], what: Field, at: PhysAddr, range: PhysRange) -> Result<()> {
+/// [`DecodeErrorKind::OutsideRam`].
+pub fn check_in_ram(ram: &[PhysRange], what: Field, at: PhysAddr, range: PhysRange) -> Result<(), DecodeError> {
     let i = ram.partition_point(|r| r.end() <= range.start());
     match ram.get(i) {
         Some(r) if r.contains_range(range) => Ok(()),
-        _ => Err(Error::OutsideRam { what, at, range }),
+        _ => Err(DecodeError::new(what, at, DecodeErrorKind::OutsideRam { range })),
     }
 }
 
 /// Checks that `range` overlaps no scratch area.
 ///
 /// # Errors
-/// [`Error::InScratch`] naming the first scratch area it overlaps.
-pub fn check_not_in_scratch(scratch: &[PhysRange], what: Field, at: PhysAddr, range: PhysRange) -> Result<()> {
+/// [`DecodeErrorKind::InScratch`] naming the first scratch area it overlaps.
+pub fn check_not_in_scratch(
+    scratch: &[PhysRange],
+    what: Field,
+    at: PhysAddr,
+    range: PhysRange,
+) -> Result<(), DecodeError> {
     let i = scratch.partition_point(|r| r.end() <= range.start());
     match scratch.get(i) {
-        Some(&s) if s.overlaps(range) => Err(Error::InScratch { what, at, range, scratch: s }),
+        Some(&s) if s.overlaps(range) => {
+            Err(DecodeError::new(what, at, DecodeErrorKind::InScratch { range, scratch: s }))
+        }
         _ => Ok(()),
-    }
-}
-
-/// Reads a little-endian `u64` at byte `off` of a page buffer (offsets are compile-time
-/// constants or bounded loop indices, always `< PAGE_BYTES - 8`).
-#[must_use]
-pub(crate) fn le64(buf: &[u8], off: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(s) = buf.get(off..off + 8) {
-        b.copy_from_slice(s);
-    }
-    u64::from_le_bytes(b)
-}
-
-/// Writes a little-endian `u64` at byte `off` of a buffer.
-pub(crate) fn put_le64(buf: &mut [u8], off: usize, v: u64) {
-    if let Some(s) = buf.get_mut(off..off + 8) {
-        s.copy_from_slice(&v.to_le_bytes());
     }
 }

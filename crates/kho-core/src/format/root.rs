@@ -6,7 +6,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
 use crate::fdt::{FdtNode, FdtTree, is_valid_subtree_name};
 use crate::format::{FormatVersion, Limits};
 use crate::types::{PAGE_SIZE, PhysAddr};
@@ -46,8 +46,8 @@ pub struct Root {
 /// Builds the root FDT; it must fit one page, as Linux passes `fdt_size = PAGE_SIZE`.
 ///
 /// # Errors
-/// [`Error::FdtTooLarge`] or a name the FDT cannot hold.
-pub fn build(version: FormatVersion, memory_map: PhysAddr, subtrees: &[Subtree]) -> Result<Vec<u8>> {
+/// [`OutgoingError::FdtTooLarge`] or [`OutgoingError::BadValue`] for a name the FDT cannot hold.
+pub fn build(version: FormatVersion, memory_map: PhysAddr, subtrees: &[Subtree]) -> Result<Vec<u8>, OutgoingError> {
     let mut root =
         FdtNode::new("").prop_str("compatible", version.compatible()).prop_le64(PROP_MEMORY_MAP, memory_map.as_u64());
     for s in subtrees {
@@ -61,7 +61,7 @@ pub fn build(version: FormatVersion, memory_map: PhysAddr, subtrees: &[Subtree])
     }
     let dtb = FdtTree { root }.to_dtb()?;
     if dtb.len() as u64 > PAGE_SIZE {
-        return Err(Error::FdtTooLarge { needed: dtb.len() as u64, limit: PAGE_SIZE });
+        return Err(OutgoingError::FdtTooLarge { needed: dtb.len() as u64, limit: PAGE_SIZE });
     }
     Ok(dtb)
 }
@@ -72,37 +72,48 @@ pub fn build(version: FormatVersion, memory_map: PhysAddr, subtrees: &[Subtree])
 /// valid unique name and 8-byte pointer (and size) properties.
 ///
 /// # Errors
-/// [`Error::BadFdt`], [`Error::Incompatible`] (listing the supported versions),
-/// [`Error::MissingProperty`], [`Error::PropertyLength`], [`Error::Null`],
-/// [`Error::TooMany`], [`Error::BadValue`] for a bad or duplicate name.
-pub fn parse(bytes: &[u8], at: PhysAddr, limits: &Limits) -> Result<Root> {
+/// [`DecodeErrorKind::BadFdt`], [`DecodeErrorKind::Incompatible`] (listing the supported versions),
+/// [`DecodeErrorKind::MissingProperty`], [`DecodeErrorKind::PropertyLength`], [`DecodeErrorKind::Null`],
+/// [`DecodeErrorKind::TooMany`], [`DecodeErrorKind::BadValue`] for a bad or duplicate name.
+pub fn parse(bytes: &[u8], at: PhysAddr, limits: &Limits) -> Result<Root, DecodeError> {
     let tree = FdtTree::parse(bytes, Field::RootFdt, at)?;
     let root = &tree.root;
     let version = [FormatVersion::V1, FormatVersion::V4]
         .into_iter()
         .find(|v| root.is_compatible(v.compatible()))
-        .ok_or_else(|| Error::Incompatible {
-            at,
-            found: root.first_compatible().unwrap_or_else(|| String::from("(no compatible property)")),
-            supported: FormatVersion::SUPPORTED,
+        .ok_or_else(|| {
+            DecodeError::new(
+                Field::Compatible,
+                at,
+                DecodeErrorKind::Incompatible {
+                    found: root.first_compatible().unwrap_or_else(|| String::from("(no compatible property)")),
+                    supported: FormatVersion::SUPPORTED,
+                },
+            )
         })?;
     let memory_map = PhysAddr::new(root.le64(at, "/", PROP_MEMORY_MAP)?);
     if version == FormatVersion::V4 && memory_map.is_null() {
-        return Err(Error::Null { what: Field::PreservedMemoryMap, at });
+        return Err(DecodeError::new(Field::PreservedMemoryMap, at, DecodeErrorKind::Null));
     }
     if root.children.len() > limits.max_subtrees {
-        return Err(Error::TooMany { what: Field::SubtreeName, at, limit: limits.max_subtrees as u64 });
+        return Err(DecodeError::new(
+            Field::SubtreeName,
+            at,
+            DecodeErrorKind::TooMany { limit: limits.max_subtrees as u64 },
+        ));
     }
     let mut subtrees: Vec<Subtree> = Vec::with_capacity(root.children.len());
     for child in &root.children {
         let path = alloc::format!("/{}", child.name);
         if !is_valid_subtree_name(&child.name) || subtrees.iter().any(|s| s.name == child.name) {
-            return Err(Error::BadValue {
-                what: Field::SubtreeName,
+            return Err(DecodeError::new(
+                Field::SubtreeName,
                 at,
-                found: child.name.len() as u64,
-                expected: "a unique sub-node name of 1-63 plain characters",
-            });
+                DecodeErrorKind::BadValue {
+                    found: child.name.len() as u64,
+                    expected: "a unique sub-node name of 1-63 plain characters",
+                },
+            ));
         }
         let (phys, size) = match version {
             FormatVersion::V1 => (child.le64(at, &path, PROP_V1_FDT)?, None),
@@ -119,7 +130,7 @@ mod tests {
 
     #[test]
     fn parses_the_spec_v1_example() {
-        let dtb = include_bytes!("../../../../tests/data/spec-examples/v1-small/fdt.dtb");
+        let dtb = include_bytes!("../../tests/data/spec-examples/v1-small/fdt.dtb");
         let root = parse(dtb, PhysAddr::new(0x1000), &Limits::default()).unwrap();
         assert_eq!(root.version, FormatVersion::V1);
         assert_eq!(root.memory_map, PhysAddr::new(1_052_672));
@@ -128,7 +139,7 @@ mod tests {
 
     #[test]
     fn parses_the_linux_7_3_capture() {
-        let dtb = include_bytes!("../../../../tests/data/captures/linux-7.3.4-test_kho/fdt.dtb");
+        let dtb = include_bytes!("../../tests/data/captures/linux-7.3.4-test_kho/fdt.dtb");
         let root = parse(dtb, PhysAddr::new(0x18_2000), &Limits::default()).unwrap();
         assert_eq!(root.version, FormatVersion::V4);
         assert_eq!(root.memory_map, PhysAddr::new(0x18_1000));
@@ -142,7 +153,7 @@ mod tests {
     fn built_v1_root_matches_the_spec_example_bytes() {
         let subs = [Subtree { name: "memblock".into(), phys: PhysAddr::new(0x30_0000), size: None }];
         let dtb = build(FormatVersion::V1, PhysAddr::new(0x10_1000), &subs).unwrap();
-        let want = include_bytes!("../../../../tests/data/spec-examples/v1-small/fdt.dtb");
+        let want = include_bytes!("../../tests/data/spec-examples/v1-small/fdt.dtb");
         assert_eq!(dtb.as_slice(), want.as_slice());
     }
 
@@ -153,7 +164,7 @@ mod tests {
             Subtree { name: "kexec-metadata".into(), phys: PhysAddr::new(0x18_8000), size: Some(73) },
         ];
         let dtb = build(FormatVersion::V4, PhysAddr::new(0x18_1000), &subs).unwrap();
-        let want = include_bytes!("../../../../tests/data/captures/linux-7.3.4-test_kho/fdt.dtb");
+        let want = include_bytes!("../../tests/data/captures/linux-7.3.4-test_kho/fdt.dtb");
         let (got, want) = (
             parse(&dtb, PhysAddr::new(0), &Limits::default()).unwrap(),
             parse(want, PhysAddr::new(0), &Limits::default()).unwrap(),
@@ -178,7 +189,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             parse(&dtb, PhysAddr::new(0x5000), &Limits::default()).unwrap_err(),
-            Error::Null { what: Field::PreservedMemoryMap, at: PhysAddr::new(0x5000) }
+            DecodeError::new(Field::PreservedMemoryMap, PhysAddr::new(0x5000), DecodeErrorKind::Null)
         );
     }
 }

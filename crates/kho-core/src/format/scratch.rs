@@ -3,23 +3,23 @@
 
 use alloc::vec::Vec;
 
-use crate::error::{Error, Field, Result};
-use crate::format::{check_in_ram, le64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
+use crate::format::abi::{self, KhoScratch};
+use crate::format::check_in_ram;
 use crate::platform::PhysRead;
 use crate::types::{PAGE_SIZE, PhysAddr, PhysRange};
 
 /// Bytes per entry.
-pub const ENTRY_BYTES: u64 = 16;
+pub const ENTRY_BYTES: u64 = core::mem::size_of::<KhoScratch>() as u64;
 
 /// Encodes scratch areas as the array the next kernel receives.
 #[must_use]
 pub fn encode(areas: &[PhysRange]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(areas.len() * 16);
-    for a in areas {
-        out.extend_from_slice(&a.start().as_u64().to_le_bytes());
-        out.extend_from_slice(&a.len().to_le_bytes());
-    }
-    out
+    let entries: Vec<KhoScratch> =
+        areas.iter().map(|a| KhoScratch { addr: a.start().as_u64().into(), size: a.len().into() }).collect();
+    entries.as_bytes().to_vec()
 }
 
 /// Reads and checks the scratch array at `array` of `size` bytes: size a non-zero multiple
@@ -34,54 +34,78 @@ pub fn decode<M: PhysRead + ?Sized>(
     array: PhysAddr,
     size: u64,
     max_areas: u64,
-) -> Result<Vec<PhysRange>> {
+) -> Result<Vec<PhysRange>, DecodeError> {
     if array.is_null() {
-        return Err(Error::Null { what: Field::ScratchArray, at: array });
+        return Err(DecodeError::new(Field::ScratchArray, array, DecodeErrorKind::Null));
     }
     if size == 0 || !size.is_multiple_of(ENTRY_BYTES) || size / ENTRY_BYTES > max_areas {
-        return Err(Error::BadValue {
-            what: Field::ScratchArray,
-            at: array,
-            found: size,
-            expected: "a non-zero multiple of 16 bytes within the scratch-area limit",
-        });
+        return Err(DecodeError::new(
+            Field::ScratchArray,
+            array,
+            DecodeErrorKind::BadValue {
+                found: size,
+                expected: "a non-zero multiple of 16 bytes within the scratch-area limit",
+            },
+        ));
     }
     if !array.is_aligned(8) {
-        return Err(Error::Misaligned { what: Field::ScratchArray, at: array, value: array.as_u64(), align: 8 });
+        return Err(DecodeError::new(
+            Field::ScratchArray,
+            array,
+            DecodeErrorKind::Misaligned { value: array.as_u64(), align: 8 },
+        ));
     }
-    let whole = PhysRange::new(array, size).ok_or(Error::BadValue {
-        what: Field::ScratchArray,
-        at: array,
-        found: size,
-        expected: "an array that does not wrap",
-    })?;
+    let whole = PhysRange::new(array, size).ok_or(DecodeError::new(
+        Field::ScratchArray,
+        array,
+        DecodeErrorKind::BadValue { found: size, expected: "an array that does not wrap" },
+    ))?;
     check_in_ram(ram, Field::ScratchArray, array, whole)?;
     let mut buf = alloc::vec![0u8; usize::try_from(size).unwrap_or(0)];
-    mem.read_phys(array, &mut buf).map_err(|e| Error::unreadable(Field::ScratchArray, e))?;
+    mem.read_phys(array, &mut buf).map_err(|e| DecodeError::unreadable(Field::ScratchArray, e))?;
     let mut areas = Vec::new();
-    for (i, e) in buf.chunks_exact(16).enumerate() {
-        let at = PhysAddr::new(array.as_u64() + (i as u64) * ENTRY_BYTES);
-        let (addr, len) = (le64(e, 0), le64(e, 8));
+    // `size` is a multiple of the entry size (checked above), so this cannot fail.
+    let entries = <[KhoScratch]>::ref_from_bytes(&buf).map_err(|_| {
+        DecodeError::new(
+            Field::ScratchArray,
+            array,
+            DecodeErrorKind::BadValue { found: size, expected: "whole entries" },
+        )
+    })?;
+    for (i, e) in entries.iter().enumerate() {
+        let at = abi::field_addr(array, i * core::mem::size_of::<KhoScratch>());
+        let (addr, len) = (e.addr.get(), e.size.get());
         let start = PhysAddr::new(addr);
         if !start.is_page_aligned() {
-            return Err(Error::Misaligned { what: Field::ScratchEntry, at, value: addr, align: PAGE_SIZE });
+            return Err(DecodeError::new(
+                Field::ScratchEntry,
+                at,
+                DecodeErrorKind::Misaligned { value: addr, align: PAGE_SIZE },
+            ));
         }
         if !len.is_multiple_of(PAGE_SIZE) {
-            return Err(Error::Misaligned { what: Field::ScratchEntry, at, value: len, align: PAGE_SIZE });
+            return Err(DecodeError::new(
+                Field::ScratchEntry,
+                at,
+                DecodeErrorKind::Misaligned { value: len, align: PAGE_SIZE },
+            ));
         }
-        let range = PhysRange::new(start, len).ok_or(Error::BadValue {
-            what: Field::ScratchEntry,
+        let range = PhysRange::new(start, len).ok_or(DecodeError::new(
+            Field::ScratchEntry,
             at,
-            found: len,
-            expected: "a non-empty area that does not wrap",
-        })?;
+            DecodeErrorKind::BadValue { found: len, expected: "a non-empty area that does not wrap" },
+        ))?;
         check_in_ram(ram, Field::ScratchEntry, at, range)?;
         areas.push((range, at));
     }
     areas.sort_unstable_by_key(|(r, _)| r.start());
     for w in areas.windows(2) {
         if w[0].0.overlaps(w[1].0) {
-            return Err(Error::InScratch { what: Field::ScratchEntry, at: w[1].1, range: w[1].0, scratch: w[0].0 });
+            return Err(DecodeError::new(
+                Field::ScratchEntry,
+                w[1].1,
+                DecodeErrorKind::InScratch { range: w[1].0, scratch: w[0].0 },
+            ));
         }
     }
     Ok(areas.into_iter().map(|(r, _)| r).collect())
@@ -111,15 +135,24 @@ mod tests {
         let mem = SparseMem::new();
         let ram = [r(0x1000, 0xf000_0000)];
         mem.write_bytes(PhysAddr::new(0x1000), &encode(&[r(0x20_0000, 0x1000)]));
-        assert!(matches!(decode(&mem, &ram, PhysAddr::new(0x1000), 24, 16), Err(Error::BadValue { .. })));
+        assert!(matches!(
+            decode(&mem, &ram, PhysAddr::new(0x1000), 24, 16),
+            Err(DecodeError { kind: DecodeErrorKind::BadValue { .. }, .. })
+        ));
         mem.write_bytes(PhysAddr::new(0x1000), &[0x10, 0, 0, 0, 0, 0, 0, 0]);
         assert!(matches!(
             decode(&mem, &ram, PhysAddr::new(0x1000), 16, 16),
-            Err(Error::Misaligned { what: Field::ScratchEntry, .. })
+            Err(DecodeError { field: Field::ScratchEntry, kind: DecodeErrorKind::Misaligned { .. }, .. })
         ));
         mem.write_bytes(PhysAddr::new(0x1000), &encode(&[r(0xff00_0000, 0x1000)]));
-        assert!(matches!(decode(&mem, &ram, PhysAddr::new(0x1000), 16, 16), Err(Error::OutsideRam { .. })));
+        assert!(matches!(
+            decode(&mem, &ram, PhysAddr::new(0x1000), 16, 16),
+            Err(DecodeError { kind: DecodeErrorKind::OutsideRam { .. }, .. })
+        ));
         mem.write_bytes(PhysAddr::new(0x1000), &encode(&[r(0x20_0000, 0x2000), r(0x20_1000, 0x1000)]));
-        assert!(matches!(decode(&mem, &ram, PhysAddr::new(0x1000), 32, 16), Err(Error::InScratch { .. })));
+        assert!(matches!(
+            decode(&mem, &ram, PhysAddr::new(0x1000), 32, 16),
+            Err(DecodeError { kind: DecodeErrorKind::InScratch { .. }, .. })
+        ));
     }
 }

@@ -10,7 +10,7 @@
 use alloc::string::ToString;
 use alloc::vec::Vec;
 
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
 use crate::fdt::{FdtNode, FdtTree};
 use crate::format::WalkContext;
 use crate::format::vmalloc::{self, KhoVmalloc};
@@ -39,49 +39,61 @@ impl TestKho {
     /// Parses the blob found at `at`, with the checks Linux's restore path makes.
     ///
     /// # Errors
-    /// [`Error::BadFdt`] (`Blob`) for a malformed FDT or a missing `/data` node;
-    /// [`Error::MissingProperty`] / [`Error::Incompatible`] for the compatible;
-    /// [`Error::MissingProperty`] / [`Error::PropertyLength`] for a property absent or of the
-    /// wrong length; [`Error::BadValue`] (`Blob`) for a wrong magic; as
+    /// [`DecodeErrorKind::BadFdt`] (`Blob`) for a malformed FDT or a missing `/data` node;
+    /// [`DecodeErrorKind::MissingProperty`] / [`DecodeErrorKind::Incompatible`] for the compatible;
+    /// [`DecodeErrorKind::MissingProperty`] / [`DecodeErrorKind::PropertyLength`] for a property absent or of the
+    /// wrong length; [`DecodeErrorKind::BadValue`] (`Blob`) for a wrong magic; as
     /// [`KhoVmalloc::from_bytes`] for `folios_info`.
-    pub fn parse(blob: &[u8], at: PhysAddr) -> Result<Self> {
+    pub fn parse(blob: &[u8], at: PhysAddr) -> Result<Self, DecodeError> {
         let tree = FdtTree::parse(blob, Field::Blob, at)?;
         let root = &tree.root;
         match root.first_compatible() {
-            None => return Err(Error::MissingProperty { at, node: "/".to_string(), prop: "compatible" }),
+            None => {
+                return Err(DecodeError::new(
+                    Field::for_property("compatible"),
+                    at,
+                    DecodeErrorKind::MissingProperty { node: "/".to_string(), prop: "compatible" },
+                ));
+            }
             Some(found) if !root.is_compatible(COMPATIBLE) => {
-                return Err(Error::Incompatible { at, found, supported: COMPATIBLE });
+                return Err(DecodeError::new(
+                    Field::Compatible,
+                    at,
+                    DecodeErrorKind::Incompatible { found, supported: COMPATIBLE },
+                ));
             }
             Some(_) => {}
         }
         let magic = root.le32(at, "/", "magic")?;
         if magic != MAGIC {
-            return Err(Error::BadValue {
-                what: Field::Blob,
+            return Err(DecodeError::new(
+                Field::Blob,
                 at,
-                found: u64::from(magic),
-                expected: "test_kho magic 0x4b484f21",
-            });
+                DecodeErrorKind::BadValue { found: u64::from(magic), expected: "test_kho magic 0x4b484f21" },
+            ));
         }
-        let data: &FdtNode = root.find_child("data").ok_or_else(|| Error::BadFdt {
-            what: Field::Blob,
-            at,
-            reason: "missing node /data".to_string(),
+        let data: &FdtNode = root.find_child("data").ok_or_else(|| {
+            DecodeError::new(Field::Blob, at, DecodeErrorKind::BadFdt { reason: "missing node /data".to_string() })
         })?;
         let nr_folios = data.le32(at, "/data", "nr_folios")?;
-        let info = data.get("folios_info").ok_or_else(|| Error::MissingProperty {
-            at,
-            node: "/data".to_string(),
-            prop: "folios_info",
+        let info = data.get("folios_info").ok_or_else(|| {
+            DecodeError::new(
+                Field::for_property("folios_info"),
+                at,
+                DecodeErrorKind::MissingProperty { node: "/data".to_string(), prop: "folios_info" },
+            )
         })?;
         if info.len() != vmalloc::DESC_BYTES {
-            return Err(Error::PropertyLength {
+            return Err(DecodeError::new(
+                Field::for_property("folios_info"),
                 at,
-                node: "/data".to_string(),
-                prop: "folios_info",
-                len: info.len(),
-                expected: vmalloc::DESC_BYTES,
-            });
+                DecodeErrorKind::PropertyLength {
+                    node: "/data".to_string(),
+                    prop: "folios_info",
+                    len: info.len(),
+                    expected: vmalloc::DESC_BYTES,
+                },
+            ));
         }
         let folios_info = KhoVmalloc::from_bytes(info, at)?;
         let csum = data.le32(at, "/data", "csum")?;
@@ -92,7 +104,7 @@ impl TestKho {
     ///
     /// # Errors
     /// As [`FdtTree::to_dtb`].
-    pub fn to_blob(&self) -> Result<Vec<u8>> {
+    pub fn to_blob(&self) -> Result<Vec<u8>, OutgoingError> {
         let data = FdtNode::new("data")
             .prop("nr_folios", &self.nr_folios.to_le_bytes())
             .prop("folios_info", &self.folios_info.to_bytes())
@@ -112,28 +124,34 @@ pub fn folio_entry(block: Block) -> u64 {
 /// array order. Each folio must be aligned to its order, inside RAM and outside scratch.
 ///
 /// # Errors
-/// As [`vmalloc::decode_chain`]; [`Error::TooMany`] (`Blob`) if the array is larger than the
-/// blob-size limit; [`Error::BadValue`] (`Blob`) if `nr_folios` entries do not fit in the
-/// area; for an entry (at its physical address): [`Error::OrderTooLarge`] and
+/// As [`vmalloc::decode_chain`]; [`DecodeErrorKind::TooMany`] (`Blob`) if the array is larger than the
+/// blob-size limit; [`DecodeErrorKind::BadValue`] (`Blob`) if `nr_folios` entries do not fit in the
+/// area; for an entry (at its physical address): [`DecodeErrorKind::OrderTooLarge`] and
 /// [`WalkContext::check_pointer`]'s errors, naming `Blob`.
 pub fn decode_folios<M: PhysRead + ?Sized>(
     ctx: &mut WalkContext<'_, M>,
     t: &TestKho,
     at: PhysAddr,
-) -> Result<Vec<Block>> {
+) -> Result<Vec<Block>, DecodeError> {
     let area = vmalloc::decode_chain(ctx, &t.folios_info, at)?;
     let order = Order::new(u32::from(t.folios_info.order)).unwrap_or(Order::ZERO);
     let bytes = u64::from(t.nr_folios) * 8;
     if bytes > ctx.limits.max_blob_bytes {
-        return Err(Error::TooMany { what: Field::Blob, at, limit: ctx.limits.max_blob_bytes / 8 });
+        return Err(DecodeError::new(
+            Field::Blob,
+            at,
+            DecodeErrorKind::TooMany { limit: ctx.limits.max_blob_bytes / 8 },
+        ));
     }
     if bytes > u64::from(t.folios_info.total_pages) * PAGE_SIZE {
-        return Err(Error::BadValue {
-            what: Field::Blob,
+        return Err(DecodeError::new(
+            Field::Blob,
             at,
-            found: u64::from(t.nr_folios),
-            expected: "nr_folios entries that fit in folios_info",
-        });
+            DecodeErrorKind::BadValue {
+                found: u64::from(t.nr_folios),
+                expected: "nr_folios entries that fit in folios_info",
+            },
+        ));
     }
     let mut buf = alloc::vec![0u8; usize::try_from(bytes).unwrap_or(0)];
     vmalloc::read_area(ctx.mem, &area, order, at, &mut buf)?;
@@ -144,21 +162,19 @@ pub fn decode_folios<M: PhysRead + ?Sized>(
         let raw_order = v & (PAGE_SIZE - 1);
         let phys = PhysAddr::new(v & !(PAGE_SIZE - 1));
         let Some(folio_order) = u32::try_from(raw_order).ok().and_then(Order::new) else {
-            return Err(Error::OrderTooLarge {
-                what: Field::Blob,
-                at: entry_at,
-                order: raw_order,
-                max: u32::from(ORDER_LIMIT),
-            });
+            return Err(DecodeError::new(
+                Field::Blob,
+                entry_at,
+                DecodeErrorKind::OrderTooLarge { order: raw_order, max: u32::from(ORDER_LIMIT) },
+            ));
         };
         let len = folio_order.bytes();
         ctx.check_pointer(Field::Blob, entry_at, phys, len, len)?;
-        let block = Block::at(phys, folio_order).ok_or(Error::Misaligned {
-            what: Field::Blob,
-            at: entry_at,
-            value: phys.as_u64(),
-            align: len,
-        })?;
+        let block = Block::at(phys, folio_order).ok_or(DecodeError::new(
+            Field::Blob,
+            entry_at,
+            DecodeErrorKind::Misaligned { value: phys.as_u64(), align: len },
+        ))?;
         out.push(block);
     }
     Ok(out)
@@ -231,17 +247,26 @@ mod tests {
         plat.mem.write_bytes(PhysAddr::new(0x10_0008), &(2 * GIB + 0x1000 + 1).to_le_bytes());
         let mut ctx = WalkContext::new(&plat.mem, &ram, &[], Limits::default());
         let e = decode_folios(&mut ctx, &t, PhysAddr::new(0x9000)).unwrap_err();
-        assert!(matches!(e, Error::Misaligned { what: Field::Blob, at, .. } if at == PhysAddr::new(0x10_0008)), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::Blob, at, kind: DecodeErrorKind::Misaligned { .. }, .. } if at == PhysAddr::new(0x10_0008)),
+            "{e}"
+        );
         // Order 41.
         plat.mem.write_bytes(PhysAddr::new(0x10_0008), &(2 * GIB + 41).to_le_bytes());
         let mut ctx = WalkContext::new(&plat.mem, &ram, &[], Limits::default());
         let e = decode_folios(&mut ctx, &t, PhysAddr::new(0x9000)).unwrap_err();
-        assert!(matches!(e, Error::OrderTooLarge { what: Field::Blob, order: 41, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::Blob, kind: DecodeErrorKind::OrderTooLarge { order: 41, .. }, .. }),
+            "{e}"
+        );
         // More folios than the area holds.
         let big = TestKho { nr_folios: 513, ..t };
         let mut ctx = WalkContext::new(&plat.mem, &ram, &[], Limits::default());
         let e = decode_folios(&mut ctx, &big, PhysAddr::new(0x9000)).unwrap_err();
-        assert!(matches!(e, Error::BadValue { what: Field::Blob, found: 513, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::Blob, kind: DecodeErrorKind::BadValue { found: 513, .. }, .. }),
+            "{e}"
+        );
     }
 
     #[test]
@@ -256,25 +281,49 @@ mod tests {
         let blob = |root: FdtNode| FdtTree { root }.to_dtb().unwrap();
 
         let r = FdtNode::new("").prop_str("compatible", "kho-test-v2").prop("magic", &MAGIC.to_le_bytes());
-        assert!(matches!(TestKho::parse(&blob(r.child(data())), at), Err(Error::Incompatible { .. })));
+        assert!(matches!(
+            TestKho::parse(&blob(r.child(data())), at),
+            Err(DecodeError { kind: DecodeErrorKind::Incompatible { .. }, .. })
+        ));
 
         let r = FdtNode::new("").prop_str("compatible", COMPATIBLE).prop("magic", &1u32.to_le_bytes());
         let e = TestKho::parse(&blob(r.child(data())), at).unwrap_err();
-        assert!(matches!(e, Error::BadValue { what: Field::Blob, found: 1, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::Blob, kind: DecodeErrorKind::BadValue { found: 1, .. }, .. }),
+            "{e}"
+        );
 
         let r = FdtNode::new("").prop_str("compatible", COMPATIBLE).prop("magic", &MAGIC.to_le_bytes());
         let e = TestKho::parse(&blob(r.clone()), at).unwrap_err();
-        assert!(matches!(e, Error::BadFdt { .. }), "{e}");
+        assert!(matches!(e, DecodeError { kind: DecodeErrorKind::BadFdt { .. }, .. }), "{e}");
 
         let d = FdtNode::new("data")
             .prop("nr_folios", &1u32.to_le_bytes())
             .prop("folios_info", &[0u8; 8])
             .prop("csum", &0u32.to_le_bytes());
         let e = TestKho::parse(&blob(r.clone().child(d)), at).unwrap_err();
-        assert!(matches!(e, Error::PropertyLength { prop: "folios_info", len: 8, expected: 16, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DecodeError {
+                    kind: DecodeErrorKind::PropertyLength { prop: "folios_info", len: 8, expected: 16, .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
 
         let d = FdtNode::new("data").prop("nr_folios", &1u64.to_le_bytes());
         let e = TestKho::parse(&blob(r.child(d)), at).unwrap_err();
-        assert!(matches!(e, Error::PropertyLength { prop: "nr_folios", len: 8, expected: 4, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DecodeError {
+                    kind: DecodeErrorKind::PropertyLength { prop: "nr_folios", len: 8, expected: 4, .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -4,20 +4,24 @@
 //! A chunk never mixes orders. The bitmap size (512 or 4096 bytes) is not recorded anywhere.
 
 use alloc::collections::BTreeSet;
+use core::mem::offset_of;
+
 use alloc::vec::Vec;
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::blockset::BlockSet;
-use crate::error::{Error, Field, Result};
-use crate::format::{BitmapBytes, WalkContext, le64};
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
+use crate::format::abi::{self, BitmapPtr, Chunk, ChunkHeader};
+use crate::format::{BitmapBytes, WalkContext};
 use crate::platform::{PhysRead, Platform};
 use crate::types::{Order, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, PFN_LIMIT, PhysAddr};
 
-/// Header bytes of a chunk.
-pub const CHUNK_HEADER_BYTES: usize = 16;
-/// Bytes per entry.
-pub const ENTRY_BYTES: usize = 16;
+/// Header bytes of a chunk ([`ChunkHeader`]).
+pub const CHUNK_HEADER_BYTES: usize = core::mem::size_of::<ChunkHeader>();
+/// Bytes per entry ([`BitmapPtr`]).
+pub const ENTRY_BYTES: usize = core::mem::size_of::<BitmapPtr>();
 /// Entries per chunk: 255 with 4 KiB pages.
-pub const CHUNK_CAPACITY: usize = (PAGE_BYTES - CHUNK_HEADER_BYTES) / ENTRY_BYTES;
+pub const CHUNK_CAPACITY: usize = abi::CHUNK_ENTRIES;
 
 /// One entry to serialize: bitmap of `order` whose bit 0 is the block at `phys_start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +47,8 @@ pub struct ChunkList {
 /// every page taken is given back.
 ///
 /// # Errors
-/// [`Error::OutOfMemory`], or a platform write error.
-pub fn encode<P: Platform + ?Sized>(plat: &P, entries: &[Entry]) -> Result<ChunkList> {
+/// [`OutgoingError::OutOfMemory`], or [`OutgoingError::Memory`] for a failed write.
+pub fn encode<P: Platform + ?Sized>(plat: &P, entries: &[Entry]) -> Result<ChunkList, OutgoingError> {
     let mut list = ChunkList::default();
     let result = encode_into(plat, entries, &mut list);
     if let Err(e) = result {
@@ -54,37 +58,39 @@ pub fn encode<P: Platform + ?Sized>(plat: &P, entries: &[Entry]) -> Result<Chunk
     Ok(list)
 }
 
-fn encode_into<P: Platform + ?Sized>(plat: &P, entries: &[Entry], list: &mut ChunkList) -> Result<()> {
-    let mut page = [0u8; PAGE_BYTES];
-    let mut cur: Option<(PhysAddr, Order, usize)> = None;
-    let write = |at: PhysAddr, buf: &[u8]| plat.write_phys(at, buf).map_err(|e| Error::unreadable(Field::ChunkNext, e));
+fn encode_into<P: Platform + ?Sized>(plat: &P, entries: &[Entry], list: &mut ChunkList) -> Result<(), OutgoingError> {
+    let write = |at: PhysAddr, c: &Chunk| {
+        plat.write_phys(at, c.as_bytes()).map_err(|e| OutgoingError::memory(Field::ChunkNext, e))
+    };
+    let mut page = Chunk::new_zeroed();
+    let mut cur: Option<PhysAddr> = None;
     for e in entries {
+        let n = page.hdr.num_elms.get() as usize;
         let start_new = match cur {
-            Some((_, order, n)) => order != e.order || n == CHUNK_CAPACITY,
+            Some(_) => page.hdr.order.get() != e.order.as_u32() || n == CHUNK_CAPACITY,
             None => true,
         };
         if start_new {
             let chunk = plat.alloc_meta_page()?;
             list.pages.push(chunk);
             match cur {
-                Some((prev, ..)) => {
-                    crate::format::put_le64(&mut page, 0, chunk.as_u64());
+                Some(prev) => {
+                    page.hdr.next = chunk.as_u64().into();
                     write(prev, &page)?;
                 }
                 None => list.first = chunk,
             }
-            page = [0u8; PAGE_BYTES];
-            page[8..12].copy_from_slice(&e.order.as_u32().to_le_bytes());
-            cur = Some((chunk, e.order, 0));
+            page = Chunk::new_zeroed();
+            page.hdr.order = e.order.as_u32().into();
+            cur = Some(chunk);
         }
-        let (chunk, order, n) = cur.expect("set above");
-        let off = CHUNK_HEADER_BYTES + n * ENTRY_BYTES;
-        crate::format::put_le64(&mut page, off, e.phys_start.as_u64());
-        crate::format::put_le64(&mut page, off + 8, e.bitmap.as_u64());
-        page[12..16].copy_from_slice(&((n + 1) as u32).to_le_bytes());
-        cur = Some((chunk, order, n + 1));
+        let n = page.hdr.num_elms.get();
+        if let Some(slot) = page.bitmaps.get_mut(n as usize) {
+            *slot = BitmapPtr { phys_start: e.phys_start.as_u64().into(), bitmap: e.bitmap.as_u64().into() };
+        }
+        page.hdr.num_elms = (n + 1).into();
     }
-    if let Some((chunk, ..)) = cur {
+    if let Some(chunk) = cur {
         write(chunk, &page)?;
     }
     Ok(())
@@ -112,7 +118,7 @@ pub fn decode<M: PhysRead + ?Sized>(
     at: PhysAddr,
     bitmap: BitmapBytes,
     out: &mut BlockSet,
-) -> Result<()> {
+) -> Result<(), DecodeError> {
     let mut visited = BTreeSet::new();
     let (mut cur, mut at, mut what) = (first, at, Field::PreservedMemoryMap);
     let mut page = [0u8; PAGE_BYTES];
@@ -120,52 +126,54 @@ pub fn decode<M: PhysRead + ?Sized>(
     let mut words = alloc::vec![0u64; bitmap.words()];
     while !cur.is_null() {
         if !visited.insert(cur) {
-            return Err(Error::Cycle { what, at, target: cur });
+            return Err(DecodeError::new(what, at, DecodeErrorKind::Cycle { target: cur }));
         }
         ctx.read_meta_page(what, at, cur, &mut page)?;
-        let raw_order = u32::from_le_bytes(page[8..12].try_into().expect("4 bytes"));
-        let num = u32::from_le_bytes(page[12..16].try_into().expect("4 bytes"));
-        let field_at = |off: u64| PhysAddr::new(cur.as_u64() + off);
-        let order = Order::new(raw_order).ok_or(Error::OrderTooLarge {
-            what: Field::ChunkOrder,
-            at: field_at(8),
-            order: u64::from(raw_order),
-            max: u32::from(crate::types::ORDER_LIMIT),
-        })?;
+        let chunk: &Chunk = zerocopy::transmute_ref!(&page);
+        let (raw_order, num) = (chunk.hdr.order.get(), chunk.hdr.num_elms.get());
+        let field_at = |off: usize| abi::field_addr(cur, off);
+        let order = Order::new(raw_order).ok_or(DecodeError::new(
+            Field::ChunkOrder,
+            field_at(offset_of!(ChunkHeader, order)),
+            DecodeErrorKind::OrderTooLarge { order: u64::from(raw_order), max: u32::from(crate::types::ORDER_LIMIT) },
+        ))?;
         if num as usize > CHUNK_CAPACITY {
-            return Err(Error::BadValue {
-                what: Field::ChunkNumElms,
-                at: field_at(12),
-                found: u64::from(num),
-                expected: "at most 255 entries (a chunk's capacity)",
-            });
+            return Err(DecodeError::new(
+                Field::ChunkNumElms,
+                field_at(offset_of!(ChunkHeader, num_elms)),
+                DecodeErrorKind::BadValue {
+                    found: u64::from(num),
+                    expected: "at most 255 entries (a chunk's capacity)",
+                },
+            ));
         }
         // Bytes one bitmap spans; alignment of phys_start. At huge orders it passes 2^64 and
         // only phys_start 0 is possible.
         let span_shift = bitmap.bits().trailing_zeros() + order.as_u32() + PAGE_SHIFT;
-        for i in 0..num as usize {
-            let off = CHUNK_HEADER_BYTES + i * ENTRY_BYTES;
-            let entry_at = field_at(off as u64);
-            let phys_start = le64(&page, off);
+        for (i, entry) in chunk.bitmaps.iter().take(num as usize).enumerate() {
+            let off = offset_of!(Chunk, bitmaps) + i * ENTRY_BYTES;
+            let entry_at = field_at(off);
+            let phys_start = entry.phys_start.get();
             let span_mask = if span_shift >= 64 { u64::MAX } else { (1u64 << span_shift) - 1 };
             if phys_start & span_mask != 0 {
-                return Err(Error::Misaligned {
-                    what: Field::ChunkPhysStart,
-                    at: entry_at,
-                    value: phys_start,
-                    align: span_mask.wrapping_add(1),
-                });
+                return Err(DecodeError::new(
+                    Field::ChunkPhysStart,
+                    entry_at,
+                    DecodeErrorKind::Misaligned { value: phys_start, align: span_mask.wrapping_add(1) },
+                ));
             }
             if phys_start >> PAGE_SHIFT >= PFN_LIMIT {
-                return Err(Error::BadValue {
-                    what: Field::ChunkPhysStart,
-                    at: entry_at,
-                    found: phys_start,
-                    expected: "an address below the 52-bit physical limit",
-                });
+                return Err(DecodeError::new(
+                    Field::ChunkPhysStart,
+                    entry_at,
+                    DecodeErrorKind::BadValue {
+                        found: phys_start,
+                        expected: "an address below the 52-bit physical limit",
+                    },
+                ));
             }
-            let bm = PhysAddr::new(le64(&page, off + 8));
-            let bm_at = field_at(off as u64 + 8);
+            let bm = PhysAddr::new(entry.bitmap.get());
+            let bm_at = field_at(off + offset_of!(BitmapPtr, bitmap));
             ctx.read_meta(Field::ChunkBitmap, bm_at, bm, &mut bm_bytes, bitmap.bytes())?;
             for (w, b) in words.iter_mut().zip(bm_bytes.chunks_exact(8)) {
                 *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
@@ -174,7 +182,7 @@ pub fn decode<M: PhysRead + ?Sized>(
         }
         what = Field::ChunkNext;
         at = cur;
-        cur = PhysAddr::new(le64(&page, 0));
+        cur = PhysAddr::new(chunk.hdr.next.get());
     }
     Ok(())
 }

@@ -21,8 +21,9 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::blockset::{BlockSet, UNIT_BITS, UNIT_WORDS};
-use crate::error::{Error, Field, Result};
-use crate::format::{WalkContext, le64};
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
+use crate::format::WalkContext;
+use crate::format::abi::RadixNode;
 use crate::platform::{MetaAlloc, PhysRead, Platform};
 use crate::types::{Block, ORDER_LIMIT, Order, PAGE_BYTES, PAGE_SHIFT, PFN_LIMIT, PhysAddr};
 
@@ -121,14 +122,14 @@ struct Builder<'a, P: Platform + ?Sized> {
 }
 
 impl<P: Platform + ?Sized> Builder<'_, P> {
-    fn alloc(&mut self) -> Result<PhysAddr> {
+    fn alloc(&mut self) -> Result<PhysAddr, OutgoingError> {
         let page = self.plat.alloc_meta_page()?;
         self.pages.push(page);
         Ok(page)
     }
 
     /// The leaf that holds `key`, creating the path to it.
-    fn leaf_for(&mut self, key: u64) -> Result<PhysAddr> {
+    fn leaf_for(&mut self, key: u64) -> Result<PhysAddr, OutgoingError> {
         let mut node = self.root;
         for level in (1..=ROOT_LEVEL).rev() {
             let child_level = level - 1;
@@ -139,7 +140,9 @@ impl<P: Platform + ?Sized> Builder<'_, P> {
                     let child = self.alloc()?;
                     self.nodes.insert(id, child);
                     let entry = entry_addr(node, table_index(key, level));
-                    self.plat.write_u64(entry, child.as_u64()).map_err(|e| Error::unreadable(Field::RadixEntry, e))?;
+                    self.plat
+                        .write_u64(entry, child.as_u64())
+                        .map_err(|e| OutgoingError::memory(Field::RadixEntry, e))?;
                     child
                 }
             };
@@ -148,16 +151,16 @@ impl<P: Platform + ?Sized> Builder<'_, P> {
     }
 
     /// Sets one key's bit (read-modify-write of its leaf word).
-    fn set_key(&mut self, key: u64) -> Result<()> {
+    fn set_key(&mut self, key: u64) -> Result<(), OutgoingError> {
         let leaf = self.leaf_for(key)?;
         let bit = leaf_bit(key);
         let word = word_addr(leaf, bit / 64);
-        let map = |e| Error::unreadable(Field::RadixKey, e);
+        let map = |e| OutgoingError::memory(Field::RadixKey, e);
         let old = self.plat.read_u64(word).map_err(map)?;
         self.plat.write_u64(word, old | (1u64 << (bit % 64))).map_err(map)
     }
 
-    fn add_order(&mut self, blocks: &BlockSet, order: Order) -> Result<()> {
+    fn add_order(&mut self, blocks: &BlockSet, order: Order) -> Result<(), OutgoingError> {
         let obit = order_bit(order);
         let shift = order.as_u32();
         for (base_pfn, words) in blocks.units(order) {
@@ -171,7 +174,7 @@ impl<P: Platform + ?Sized> Builder<'_, P> {
                     dst.copy_from_slice(&w.to_le_bytes());
                 }
                 let at = word_addr(leaf, leaf_bit(key) / 64);
-                self.plat.write_phys(at, &bytes).map_err(|e| Error::unreadable(Field::RadixKey, e))?;
+                self.plat.write_phys(at, &bytes).map_err(|e| OutgoingError::memory(Field::RadixKey, e))?;
             } else {
                 // Leaf 0: orders so large that their keys interleave with other orders.
                 for (wi, &w) in words.iter().enumerate() {
@@ -201,9 +204,9 @@ fn word_addr(leaf: PhysAddr, word: u64) -> PhysAddr {
 /// An empty set still gets a root, as in Linux, so `preserved-memory-map` is never NULL.
 ///
 /// # Errors
-/// [`Error::OutOfMemory`] when a page cannot be had, [`Error::Unreadable`] when a page cannot
-/// be written. Either way every page allocated so far is freed again first.
-pub fn encode<P: Platform + ?Sized>(plat: &P, blocks: &BlockSet) -> Result<RadixTree> {
+/// [`OutgoingError::OutOfMemory`] when a page cannot be had, [`OutgoingError::Memory`] when a
+/// page cannot be written. Either way every page allocated so far is freed again first.
+pub fn encode<P: Platform + ?Sized>(plat: &P, blocks: &BlockSet) -> Result<RadixTree, OutgoingError> {
     let root = plat.alloc_meta_page()?;
     let mut b = Builder { plat, pages: alloc::vec![root], nodes: BTreeMap::new(), root };
     let mut result = Ok(());
@@ -245,30 +248,30 @@ struct Frame {
 /// budget; leaves are decoded a word at a time.
 ///
 /// # Errors
-/// - [`Error::Null`] (`PreservedMemoryMap`) for a NULL root; the root pointer's other checks
+/// - [`DecodeErrorKind::Null`] (`PreservedMemoryMap`) for a NULL root; the root pointer's other checks
 ///   also name `PreservedMemoryMap` at `root_at`.
-/// - For a node pointer, `RadixEntry` at the entry's address: [`Error::Misaligned`],
-///   [`Error::OutsideRam`], [`Error::InScratch`], [`Error::TooMany`] (page budget),
-///   [`Error::Unreadable`], [`Error::Cycle`] (a page reached twice), and
-///   [`Error::BadValue`] for a root entry whose index lies beyond the key width.
-/// - For a key, `RadixKey` at its leaf word: [`Error::BadValue`] for key 0 or an address past
-///   the 52-bit limit, [`Error::OrderTooLarge`] above [`ORDER_LIMIT`].
-/// - [`Error::Overlap`] if a block is already in `out`.
+/// - For a node pointer, `RadixEntry` at the entry's address: [`DecodeErrorKind::Misaligned`],
+///   [`DecodeErrorKind::OutsideRam`], [`DecodeErrorKind::InScratch`], [`DecodeErrorKind::TooMany`] (page budget),
+///   [`DecodeErrorKind::Unreadable`], [`DecodeErrorKind::Cycle`] (a page reached twice), and
+///   [`DecodeErrorKind::BadValue`] for a root entry whose index lies beyond the key width.
+/// - For a key, `RadixKey` at its leaf word: [`DecodeErrorKind::BadValue`] for key 0 or an address past
+///   the 52-bit limit, [`DecodeErrorKind::OrderTooLarge`] above [`ORDER_LIMIT`].
+/// - [`DecodeErrorKind::Overlap`] if a block is already in `out`.
 pub fn decode<M: PhysRead + ?Sized>(
     ctx: &mut WalkContext<'_, M>,
     root: PhysAddr,
     root_at: PhysAddr,
     out: &mut BlockSet,
-) -> Result<()> {
+) -> Result<(), DecodeError> {
     if root.is_null() {
-        return Err(Error::Null { what: Field::PreservedMemoryMap, at: root_at });
+        return Err(DecodeError::new(Field::PreservedMemoryMap, root_at, DecodeErrorKind::Null));
     }
     // One page buffer per level: only one node per level is live during a depth-first walk.
     let mut bufs: Vec<Box<[u8; PAGE_BYTES]>> = (0..DEPTH).map(|_| Box::new([0u8; PAGE_BYTES])).collect();
     let mut words: Box<[u64; LEAF_WORDS]> = Box::new([0u64; LEAF_WORDS]);
     let mut visited = BTreeSet::new();
 
-    let root_buf = bufs.get_mut(ROOT_LEVEL as usize).ok_or(Error::OutOfMemory)?;
+    let [.., root_buf] = bufs.as_mut_slice() else { unreachable!("DEPTH levels") };
     ctx.read_meta_page(Field::PreservedMemoryMap, root_at, root, root_buf)?;
     visited.insert(root.as_u64());
     let mut stack: Vec<Frame> = Vec::with_capacity(DEPTH as usize);
@@ -276,34 +279,38 @@ pub fn decode<M: PhysRead + ?Sized>(
 
     while let Some(frame) = stack.last_mut() {
         let Some(buf) = bufs.get(frame.level as usize) else { break };
-        let found = (frame.next..TABLE_ENTRIES).find(|&i| le64(&buf[..], i * 8) != 0);
+        let node: &RadixNode = zerocopy::transmute_ref!(&**buf);
+        let found = (frame.next..TABLE_ENTRIES).find(|&i| node.table[i].get() != 0);
         let Some(i) = found else {
             stack.pop();
             continue;
         };
         frame.next = i + 1;
         let at = entry_addr(frame.page, i);
-        let child = PhysAddr::new(le64(&buf[..], i * 8));
+        let child = PhysAddr::new(node.table[i].get());
         let shift = level_shift(frame.level);
         if shift + TABLE_LOG2 > KEY_WIDTH && (i as u64) >= (1u64 << (KEY_WIDTH - shift)) {
-            return Err(Error::BadValue {
-                what: Field::RadixEntry,
+            return Err(DecodeError::new(
+                Field::RadixEntry,
                 at,
-                found: i as u64,
-                expected: "a root index inside the key width (keys are at most KEY_WIDTH bits)",
-            });
+                DecodeErrorKind::BadValue {
+                    found: i as u64,
+                    expected: "a root index inside the key width (keys are at most KEY_WIDTH bits)",
+                },
+            ));
         }
         let prefix = frame.prefix | ((i as u64) << shift);
         let level = frame.level - 1;
         if visited.contains(&child.as_u64()) {
-            return Err(Error::Cycle { what: Field::RadixEntry, at, target: child });
+            return Err(DecodeError::new(Field::RadixEntry, at, DecodeErrorKind::Cycle { target: child }));
         }
         let Some(dst) = bufs.get_mut(level as usize) else { break };
         ctx.read_meta_page(Field::RadixEntry, at, child, dst)?;
         visited.insert(child.as_u64());
         if level == 0 {
-            for (w, b) in words.iter_mut().zip(dst.chunks_exact(8)) {
-                *w = le64(b, 0);
+            let leaf: &RadixNode = zerocopy::transmute_ref!(&**dst);
+            for (w, b) in words.iter_mut().zip(&leaf.table) {
+                *w = b.get();
             }
             decode_leaf(child, prefix, &words, out)?;
         } else {
@@ -314,44 +321,49 @@ pub fn decode<M: PhysRead + ?Sized>(
 }
 
 /// Adds the keys of one leaf whose first key is `start` (a multiple of [`LEAF_BITS`]).
-fn decode_leaf(leaf: PhysAddr, start: u64, words: &[u64; LEAF_WORDS], out: &mut BlockSet) -> Result<()> {
+fn decode_leaf(leaf: PhysAddr, start: u64, words: &[u64; LEAF_WORDS], out: &mut BlockSet) -> Result<(), DecodeError> {
     let Some(last) = words.iter().rposition(|&w| w != 0) else { return Ok(()) };
     if start < LEAF_BITS {
         return decode_mixed_leaf(leaf, start, words, out);
     }
     // The order bit is fixed by the path: one order, consecutive blocks.
     let Some((order_raw, _)) = decode_key(start) else {
-        return Err(Error::BadValue {
-            what: Field::RadixKey,
-            at: leaf,
-            found: start,
-            expected: "a key inside the key width",
-        });
+        return Err(DecodeError::new(
+            Field::RadixKey,
+            leaf,
+            DecodeErrorKind::BadValue { found: start, expected: "a key inside the key width" },
+        ));
     };
     let Some(order) = Order::new(order_raw) else {
-        return Err(Error::OrderTooLarge {
-            what: Field::RadixKey,
-            at: leaf,
-            order: u64::from(order_raw),
-            max: u32::from(ORDER_LIMIT),
-        });
+        return Err(DecodeError::new(
+            Field::RadixKey,
+            leaf,
+            DecodeErrorKind::OrderTooLarge { order: u64::from(order_raw), max: u32::from(ORDER_LIMIT) },
+        ));
     };
     let first = start & !order_bit(order);
     let top_bit = 63 - u64::from(words.get(last).copied().unwrap_or(1).leading_zeros());
     let last_index = first + (last as u64) * 64 + top_bit;
     if last_index >= PFN_LIMIT >> order.as_u32() {
-        return Err(Error::BadValue {
-            what: Field::RadixKey,
-            at: word_addr(leaf, last as u64),
-            found: order_bit(order) | last_index,
-            expected: "a key whose block lies below the 52-bit physical address limit",
-        });
+        return Err(DecodeError::new(
+            Field::RadixKey,
+            word_addr(leaf, last as u64),
+            DecodeErrorKind::BadValue {
+                found: order_bit(order) | last_index,
+                expected: "a key whose block lies below the 52-bit physical address limit",
+            },
+        ));
     }
     out.insert_words(order, first << order.as_u32(), &words[..], leaf)
 }
 
 /// Leaf 0 holds key 0 (invalid) and the keys of the largest orders side by side.
-fn decode_mixed_leaf(leaf: PhysAddr, start: u64, words: &[u64; LEAF_WORDS], out: &mut BlockSet) -> Result<()> {
+fn decode_mixed_leaf(
+    leaf: PhysAddr,
+    start: u64,
+    words: &[u64; LEAF_WORDS],
+    out: &mut BlockSet,
+) -> Result<(), DecodeError> {
     for (wi, &w) in words.iter().enumerate() {
         let mut rest = w;
         while rest != 0 {
@@ -360,7 +372,7 @@ fn decode_mixed_leaf(leaf: PhysAddr, start: u64, words: &[u64; LEAF_WORDS], out:
             let at = word_addr(leaf, wi as u64);
             let block = key_block(key, at)?;
             if !out.insert(block) {
-                return Err(Error::Overlap { what: Field::RadixKey, block, other: block });
+                return Err(DecodeError::new(Field::RadixKey, at, DecodeErrorKind::Duplicate { block }));
             }
         }
     }
@@ -368,29 +380,29 @@ fn decode_mixed_leaf(leaf: PhysAddr, start: u64, words: &[u64; LEAF_WORDS], out:
 }
 
 /// The block of one key read at `at`, with every check.
-fn key_block(key: u64, at: PhysAddr) -> Result<Block> {
+fn key_block(key: u64, at: PhysAddr) -> Result<Block, DecodeError> {
     let Some((order_raw, phys)) = decode_key(key) else {
-        return Err(Error::BadValue {
-            what: Field::RadixKey,
+        return Err(DecodeError::new(
+            Field::RadixKey,
             at,
-            found: key,
-            expected: "a non-zero key inside the key width",
-        });
+            DecodeErrorKind::BadValue { found: key, expected: "a non-zero key inside the key width" },
+        ));
     };
     let Some(order) = Order::new(order_raw) else {
-        return Err(Error::OrderTooLarge {
-            what: Field::RadixKey,
+        return Err(DecodeError::new(
+            Field::RadixKey,
             at,
-            order: u64::from(order_raw),
-            max: u32::from(ORDER_LIMIT),
-        });
+            DecodeErrorKind::OrderTooLarge { order: u64::from(order_raw), max: u32::from(ORDER_LIMIT) },
+        ));
     };
-    PhysAddr::new(phys).pfn().and_then(|p| Block::new(p, order)).ok_or(Error::BadValue {
-        what: Field::RadixKey,
+    PhysAddr::new(phys).pfn().and_then(|p| Block::new(p, order)).ok_or(DecodeError::new(
+        Field::RadixKey,
         at,
-        found: key,
-        expected: "a key whose block lies below the 52-bit physical address limit",
-    })
+        DecodeErrorKind::BadValue {
+            found: key,
+            expected: "a key whose block lies below the 52-bit physical address limit",
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -417,7 +429,12 @@ mod tests {
         TestPlatform::new(&[range(0, 64 * GIB)], range(GIB, 64 << 20))
     }
 
-    fn decode_all(mem: &SparseMem, ram: &[PhysRange], scratch: &[PhysRange], root: PhysAddr) -> Result<BlockSet> {
+    fn decode_all(
+        mem: &SparseMem,
+        ram: &[PhysRange],
+        scratch: &[PhysRange],
+        root: PhysAddr,
+    ) -> Result<BlockSet, DecodeError> {
         let mut ctx = WalkContext::new(mem, ram, scratch, Limits::default());
         let mut out = BlockSet::new();
         decode(&mut ctx, root, PhysAddr::new(0x1000), &mut out)?;
@@ -511,7 +528,7 @@ mod tests {
         let before = plat.live_meta_pages();
         for n in 0..needed {
             plat.fail_alloc_at(Some(n));
-            assert_eq!(encode(&plat, &set), Err(Error::OutOfMemory), "allocation {n}");
+            assert_eq!(encode(&plat, &set), Err(OutgoingError::OutOfMemory), "allocation {n}");
             assert_eq!(plat.live_meta_pages(), before, "leak after failing allocation {n}");
         }
         plat.fail_alloc_at(None);
@@ -547,7 +564,7 @@ mod tests {
     fn null_root_is_refused() {
         let mem = SparseMem::new();
         let e = decode_all(&mem, &ram(), &[], PhysAddr::new(0)).unwrap_err();
-        assert_eq!(e, Error::Null { what: Field::PreservedMemoryMap, at: PhysAddr::new(0x1000) });
+        assert_eq!(e, DecodeError::new(Field::PreservedMemoryMap, PhysAddr::new(0x1000), DecodeErrorKind::Null));
     }
 
     #[test]
@@ -560,7 +577,11 @@ mod tests {
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
         assert_eq!(
             e,
-            Error::Misaligned { what: Field::RadixEntry, at, value: pages[2].as_u64() + 8, align: PAGE_SIZE }
+            DecodeError::new(
+                Field::RadixEntry,
+                at,
+                DecodeErrorKind::Misaligned { value: pages[2].as_u64() + 8, align: PAGE_SIZE }
+            )
         );
     }
 
@@ -572,7 +593,10 @@ mod tests {
         let at = entry_addr(pages[1], table_index(key, 1));
         mem.write_bytes(at, &(100 * GIB).to_le_bytes());
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
-        assert_eq!(e, Error::OutsideRam { what: Field::RadixEntry, at, range: range(100 * GIB, PAGE_SIZE) });
+        assert_eq!(
+            e,
+            DecodeError::new(Field::RadixEntry, at, DecodeErrorKind::OutsideRam { range: range(100 * GIB, PAGE_SIZE) })
+        );
     }
 
     #[test]
@@ -585,12 +609,11 @@ mod tests {
         let e = decode_all(&mem, &ram(), &scratch, root).unwrap_err();
         assert_eq!(
             e,
-            Error::InScratch {
-                what: Field::RadixEntry,
+            DecodeError::new(
+                Field::RadixEntry,
                 at,
-                range: range(pages[2].as_u64(), PAGE_SIZE),
-                scratch: scratch[0]
-            }
+                DecodeErrorKind::InScratch { range: range(pages[2].as_u64(), PAGE_SIZE), scratch: scratch[0] }
+            )
         );
     }
 
@@ -603,14 +626,14 @@ mod tests {
         let at = entry_addr(pages[1], table_index(key, 1) + 1);
         mem.write_bytes(at, &pages[0].as_u64().to_le_bytes());
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
-        assert_eq!(e, Error::Cycle { what: Field::RadixEntry, at, target: pages[0] });
+        assert_eq!(e, DecodeError::new(Field::RadixEntry, at, DecodeErrorKind::Cycle { target: pages[0] }));
         // An entry pointing back at the root.
         let mem = SparseMem::new();
         let (root, pages) = hand_tree(&mem, 0x10_0000, key);
         let at = entry_addr(pages[2], 7);
         mem.write_bytes(at, &root.as_u64().to_le_bytes());
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
-        assert_eq!(e, Error::Cycle { what: Field::RadixEntry, at, target: root });
+        assert_eq!(e, DecodeError::new(Field::RadixEntry, at, DecodeErrorKind::Cycle { target: root }));
     }
 
     #[test]
@@ -619,11 +642,21 @@ mod tests {
         let mem = SparseMem::new();
         let (root, pages) = hand_tree(&mem, 0x10_0000, 1 << 11);
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
-        assert_eq!(e, Error::OrderTooLarge { what: Field::RadixKey, at: word_addr(pages[0], 32), order: 41, max: 40 });
+        assert_eq!(
+            e,
+            DecodeError::new(
+                Field::RadixKey,
+                word_addr(pages[0], 32),
+                DecodeErrorKind::OrderTooLarge { order: 41, max: 40 }
+            )
+        );
         let mem = SparseMem::new();
         let (root, pages) = hand_tree(&mem, 0x10_0000, 0);
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
-        assert!(matches!(e, Error::BadValue { what: Field::RadixKey, at, found: 0, .. } if at == pages[0]), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::RadixKey, at, kind: DecodeErrorKind::BadValue { found: 0, .. }, .. } if at == pages[0]),
+            "{e}"
+        );
     }
 
     #[test]
@@ -633,7 +666,10 @@ mod tests {
         let key = (1u64 << 52) | (1 << 40);
         let (root, _) = hand_tree(&mem, 0x10_0000, key);
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
-        assert!(matches!(e, Error::BadValue { what: Field::RadixKey, found, .. } if found == key), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::RadixKey, kind: DecodeErrorKind::BadValue { found, .. }, .. } if found == key),
+            "{e}"
+        );
     }
 
     #[test]
@@ -644,7 +680,10 @@ mod tests {
         let at = entry_addr(root, 4);
         mem.write_bytes(at, &pages[4].as_u64().to_le_bytes());
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
-        assert!(matches!(e, Error::BadValue { what: Field::RadixEntry, at: a, found: 4, .. } if a == at), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::RadixEntry, at: a, kind: DecodeErrorKind::BadValue { found: 4, .. }, .. } if a == at),
+            "{e}"
+        );
     }
 
     #[test]
@@ -655,7 +694,10 @@ mod tests {
         let limits = Limits { max_metadata_pages: 3, ..Limits::default() };
         let mut ctx = WalkContext::new(&mem, &r, &[], limits);
         let e = decode(&mut ctx, root, PhysAddr::new(0x1000), &mut BlockSet::new()).unwrap_err();
-        assert!(matches!(e, Error::TooMany { what: Field::RadixEntry, limit: 3, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::RadixEntry, kind: DecodeErrorKind::TooMany { limit: 3, .. }, .. }),
+            "{e}"
+        );
     }
 
     #[test]
@@ -667,7 +709,13 @@ mod tests {
         let at = entry_addr(pages[1], table_index(key, 1));
         mem.write_bytes(at, &(2 * GIB).to_le_bytes());
         let e = decode_all(&mem, &ram(), &[], root).unwrap_err();
-        assert_eq!(e, Error::Unreadable { what: Field::RadixEntry, at: PhysAddr::new(2 * GIB), len: PAGE_SIZE });
+        assert_eq!(
+            e,
+            DecodeError::unreadable(
+                Field::RadixEntry,
+                crate::platform::MemError::read(PhysAddr::new(2 * GIB), PAGE_SIZE)
+            )
+        );
     }
 
     /// 1 TiB preserved at order 0: 8192 full leaves. Prints the decode time.

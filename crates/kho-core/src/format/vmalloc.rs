@@ -10,16 +10,20 @@
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
+use core::mem::offset_of;
 
-use crate::error::{Error, Field, Result};
-use crate::format::{WalkContext, le64};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
+use crate::format::WalkContext;
+use crate::format::abi::{self, KhoVmallocDesc, VmallocChunk};
 use crate::platform::{PhysRead, Platform};
-use crate::types::{Block, ORDER_LIMIT, Order, PAGE_BYTES, PAGE_SIZE, PhysAddr};
+use crate::types::{Block, ORDER_LIMIT, Order, PAGE_BYTES, PhysAddr};
 
 /// Bytes of `struct kho_vmalloc`.
-pub const DESC_BYTES: usize = 16;
+pub const DESC_BYTES: usize = core::mem::size_of::<KhoVmallocDesc>();
 /// Piece addresses per chunk: `(PAGE_SIZE - 8) / 8` (`KHO_VMALLOC_SIZE`, 511 for 4 KiB).
-pub const CHUNK_ENTRIES: usize = (PAGE_BYTES - 8) / 8;
+pub const CHUNK_ENTRIES: usize = abi::VMALLOC_CHUNK_ENTRIES;
 /// `flags` bit: the area came from `vmalloc` (`VM_ALLOC`).
 pub const FLAG_ALLOC: u16 = 0x1;
 /// `flags` bit: the area may use huge mappings (`VM_ALLOW_HUGE_VMAP`).
@@ -44,30 +48,31 @@ impl KhoVmalloc {
     /// Decodes the 16 bytes of a descriptor found at `at`.
     ///
     /// # Errors
-    /// [`Error::BadValue`] (`Blob`) if `bytes` is not exactly 16 bytes long, and
+    /// [`DecodeErrorKind::BadValue`] (`Blob`) if `bytes` is not exactly 16 bytes long, and
     /// (`VmallocFlags`) for flag bits Linux does not define.
-    pub fn from_bytes(bytes: &[u8], at: PhysAddr) -> Result<Self> {
-        let Ok(b) = <&[u8; DESC_BYTES]>::try_from(bytes) else {
-            return Err(Error::BadValue {
-                what: Field::Blob,
+    pub fn from_bytes(bytes: &[u8], at: PhysAddr) -> Result<Self, DecodeError> {
+        let Ok(b) = KhoVmallocDesc::read_from_bytes(bytes) else {
+            return Err(DecodeError::new(
+                Field::Blob,
                 at,
-                found: bytes.len() as u64,
-                expected: "a 16-byte struct kho_vmalloc",
-            });
+                DecodeErrorKind::BadValue { found: bytes.len() as u64, expected: "a 16-byte struct kho_vmalloc" },
+            ));
         };
         let desc = Self {
-            first: PhysAddr::new(le64(b, 0)),
-            total_pages: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
-            flags: u16::from_le_bytes([b[12], b[13]]),
-            order: u16::from_le_bytes([b[14], b[15]]),
+            first: PhysAddr::new(b.first.get()),
+            total_pages: b.total_pages.get(),
+            flags: b.flags.get(),
+            order: b.order.get(),
         };
         if desc.flags & !KNOWN_FLAGS != 0 {
-            return Err(Error::BadValue {
-                what: Field::VmallocFlags,
-                at: offset(at, 12),
-                found: u64::from(desc.flags),
-                expected: "only KHO_VMALLOC_ALLOC (0x1) and KHO_VMALLOC_HUGE_VMAP (0x2)",
-            });
+            return Err(DecodeError::new(
+                Field::VmallocFlags,
+                abi::field_addr(at, offset_of!(KhoVmallocDesc, flags)),
+                DecodeErrorKind::BadValue {
+                    found: u64::from(desc.flags),
+                    expected: "only KHO_VMALLOC_ALLOC (0x1) and KHO_VMALLOC_HUGE_VMAP (0x2)",
+                },
+            ));
         }
         Ok(desc)
     }
@@ -75,12 +80,13 @@ impl KhoVmalloc {
     /// The 16 bytes Linux expects.
     #[must_use]
     pub fn to_bytes(&self) -> [u8; DESC_BYTES] {
-        let mut out = [0u8; DESC_BYTES];
-        out[0..8].copy_from_slice(&self.first.as_u64().to_le_bytes());
-        out[8..12].copy_from_slice(&self.total_pages.to_le_bytes());
-        out[12..14].copy_from_slice(&self.flags.to_le_bytes());
-        out[14..16].copy_from_slice(&self.order.to_le_bytes());
-        out
+        let d = KhoVmallocDesc {
+            first: self.first.as_u64().into(),
+            total_pages: self.total_pages.into(),
+            flags: self.flags.into(),
+            order: self.order.into(),
+        };
+        zerocopy::transmute!(d)
     }
 }
 
@@ -101,33 +107,28 @@ impl VmallocArea {
     }
 }
 
-fn offset(at: PhysAddr, bytes: u64) -> PhysAddr {
-    PhysAddr::new(at.as_u64().wrapping_add(bytes))
-}
-
 /// Walks the chunk chain of `desc` (found at `at`) with every check.
 ///
 /// # Errors
-/// - [`Error::OrderTooLarge`] (`VmallocOrder`) above [`ORDER_LIMIT`].
+/// - [`DecodeErrorKind::OrderTooLarge`] (`VmallocOrder`) above [`ORDER_LIMIT`].
 /// - Chunk pointers (`VmallocChunk`, at the `first`/`next` field): as
-///   [`WalkContext::read_meta_page`], plus [`Error::Cycle`] for a chunk seen twice and
-///   [`Error::TooMany`] for more chunks than `total_pages` needs (one spare allowed, as Linux
+///   [`WalkContext::read_meta_page`], plus [`DecodeErrorKind::Cycle`] for a chunk seen twice and
+///   [`DecodeErrorKind::TooMany`] for more chunks than `total_pages` needs (one spare allowed, as Linux
 ///   may leave an empty trailing chunk).
 /// - Pieces (`VmallocPiece`, at the entry): as [`WalkContext::check_pointer`], plus
-///   [`Error::Overlap`] for a duplicate and [`Error::TooMany`] past `total_pages` pages.
-/// - [`Error::BadValue`] (`VmallocTotalPages`) if the chain lists fewer pages.
+///   [`DecodeErrorKind::Overlap`] for a duplicate and [`DecodeErrorKind::TooMany`] past `total_pages` pages.
+/// - [`DecodeErrorKind::BadValue`] (`VmallocTotalPages`) if the chain lists fewer pages.
 pub fn decode_chain<M: PhysRead + ?Sized>(
     ctx: &mut WalkContext<'_, M>,
     desc: &KhoVmalloc,
     at: PhysAddr,
-) -> Result<VmallocArea> {
+) -> Result<VmallocArea, DecodeError> {
     let Some(order) = Order::new(u32::from(desc.order)) else {
-        return Err(Error::OrderTooLarge {
-            what: Field::VmallocOrder,
-            at: offset(at, 14),
-            order: u64::from(desc.order),
-            max: u32::from(ORDER_LIMIT),
-        });
+        return Err(DecodeError::new(
+            Field::VmallocOrder,
+            abi::field_addr(at, offset_of!(KhoVmallocDesc, order)),
+            DecodeErrorKind::OrderTooLarge { order: u64::from(desc.order), max: u32::from(ORDER_LIMIT) },
+        ));
     };
     let total = u64::from(desc.total_pages);
     let max_chunks = (total >> order.as_u32()) / CHUNK_ENTRIES as u64 + 1;
@@ -139,47 +140,49 @@ pub fn decode_chain<M: PhysRead + ?Sized>(
     let (mut chunk, mut chunk_at) = (desc.first, at);
     while !chunk.is_null() {
         if seen_chunks.contains(&chunk.as_u64()) {
-            return Err(Error::Cycle { what: Field::VmallocChunk, at: chunk_at, target: chunk });
+            return Err(DecodeError::new(Field::VmallocChunk, chunk_at, DecodeErrorKind::Cycle { target: chunk }));
         }
         if area.chunk_pages.len() as u64 >= max_chunks {
-            return Err(Error::TooMany { what: Field::VmallocChunk, at: chunk_at, limit: max_chunks });
+            return Err(DecodeError::new(
+                Field::VmallocChunk,
+                chunk_at,
+                DecodeErrorKind::TooMany { limit: max_chunks },
+            ));
         }
         ctx.read_meta_page(Field::VmallocChunk, chunk_at, chunk, &mut buf)?;
         seen_chunks.insert(chunk.as_u64());
         area.chunk_pages.push(chunk);
-        for i in 0..CHUNK_ENTRIES {
-            let raw = le64(&buf[..], 8 + i * 8);
+        let page: &VmallocChunk = zerocopy::transmute_ref!(&*buf);
+        for (i, raw) in page.phys.iter().map(|p| p.get()).enumerate() {
             if raw == 0 {
                 break;
             }
-            let entry_at = offset(chunk, 8 + (i as u64) * 8);
+            let entry_at = abi::field_addr(chunk, offset_of!(VmallocChunk, phys) + i * 8);
             let piece = PhysAddr::new(raw);
             ctx.check_pointer(Field::VmallocPiece, entry_at, piece, order.bytes(), order.bytes())?;
             pages += order.nr_pages();
             if pages > total {
-                return Err(Error::TooMany { what: Field::VmallocPiece, at: entry_at, limit: total });
+                return Err(DecodeError::new(Field::VmallocPiece, entry_at, DecodeErrorKind::TooMany { limit: total }));
             }
             if !seen_pieces.insert(raw) {
-                let block = Block::at(piece, order).ok_or(Error::Misaligned {
-                    what: Field::VmallocPiece,
-                    at: entry_at,
-                    value: raw,
-                    align: order.bytes(),
-                })?;
-                return Err(Error::Overlap { what: Field::VmallocPiece, block, other: block });
+                let block = Block::at(piece, order).ok_or(DecodeError::new(
+                    Field::VmallocPiece,
+                    entry_at,
+                    DecodeErrorKind::Misaligned { value: raw, align: order.bytes() },
+                ))?;
+                return Err(DecodeError::new(Field::VmallocPiece, entry_at, DecodeErrorKind::Duplicate { block }));
             }
             area.pieces.push(piece);
         }
         chunk_at = chunk;
-        chunk = PhysAddr::new(le64(&buf[..], 0));
+        chunk = PhysAddr::new(page.next.get());
     }
     if pages != total {
-        return Err(Error::BadValue {
-            what: Field::VmallocTotalPages,
-            at: offset(at, 8),
-            found: total,
-            expected: "the number of pages the chunk chain lists",
-        });
+        return Err(DecodeError::new(
+            Field::VmallocTotalPages,
+            abi::field_addr(at, offset_of!(KhoVmallocDesc, total_pages)),
+            DecodeErrorKind::BadValue { found: total, expected: "the number of pages the chunk chain lists" },
+        ));
     }
     Ok(area)
 }
@@ -187,27 +190,29 @@ pub fn decode_chain<M: PhysRead + ?Sized>(
 /// Reads the first `buf.len()` bytes of a decoded area (pieces of `order`, in order).
 ///
 /// # Errors
-/// [`Error::BadValue`] (`VmallocTotalPages`, at `at`) if the area is shorter than `buf`;
-/// [`Error::Unreadable`] (`VmallocPiece`) if memory does not back a piece.
+/// [`DecodeErrorKind::BadValue`] (`VmallocTotalPages`, at `at`) if the area is shorter than `buf`;
+/// [`DecodeErrorKind::Unreadable`] (`VmallocPiece`) if memory does not back a piece.
 pub fn read_area<M: PhysRead + ?Sized>(
     mem: &M,
     area: &VmallocArea,
     order: Order,
     at: PhysAddr,
     buf: &mut [u8],
-) -> Result<()> {
+) -> Result<(), DecodeError> {
     let piece_bytes = usize::try_from(order.bytes()).unwrap_or(usize::MAX);
     let mut pieces = area.pieces.iter();
     for dst in buf.chunks_mut(piece_bytes) {
         let Some(&piece) = pieces.next() else {
-            return Err(Error::BadValue {
-                what: Field::VmallocTotalPages,
+            return Err(DecodeError::new(
+                Field::VmallocTotalPages,
                 at,
-                found: area.pieces.len() as u64,
-                expected: "an area large enough for the data it holds",
-            });
+                DecodeErrorKind::BadValue {
+                    found: area.pieces.len() as u64,
+                    expected: "an area large enough for the data it holds",
+                },
+            ));
         };
-        mem.read_phys(piece, dst).map_err(|e| Error::unreadable(Field::VmallocPiece, e))?;
+        mem.read_phys(piece, dst).map_err(|e| DecodeError::unreadable(Field::VmallocPiece, e))?;
     }
     Ok(())
 }
@@ -218,20 +223,20 @@ pub fn read_area<M: PhysRead + ?Sized>(
 /// Unlike Linux, no empty trailing chunk is written when the last one fills exactly.
 ///
 /// # Errors
-/// - [`Error::BadValue`] (`VmallocFlags`) for unknown flag bits, (`VmallocTotalPages`) if the
-///   area has more than `u32::MAX` pages;
-/// - [`Error::Null`] / [`Error::Misaligned`] (`VmallocPiece`) for a piece that is NULL or not
-///   aligned to its order (`at` is the piece's index, as an address);
-/// - [`Error::OutOfMemory`], [`Error::Unreadable`]: every chunk allocated so far is freed
-///   first.
+/// - [`OutgoingError::BadValue`] (`VmallocFlags`) for unknown flag bits, (`VmallocTotalPages`)
+///   if the area has more than `u32::MAX` pages, (`VmallocPiece`, found 0) for a NULL piece;
+/// - [`OutgoingError::Misaligned`] (`VmallocPiece`) for a piece not aligned to its order (`at`
+///   is the piece's index, as an address);
+/// - [`OutgoingError::OutOfMemory`], [`OutgoingError::Memory`]: every chunk allocated so far is
+///   freed first.
 pub fn encode<P: Platform + ?Sized>(
     plat: &P,
     pieces: &[PhysAddr],
     order: Order,
     flags: u16,
-) -> Result<(KhoVmalloc, Vec<PhysAddr>)> {
+) -> Result<(KhoVmalloc, Vec<PhysAddr>), OutgoingError> {
     if flags & !KNOWN_FLAGS != 0 {
-        return Err(Error::BadValue {
+        return Err(OutgoingError::BadValue {
             what: Field::VmallocFlags,
             at: PhysAddr::new(0),
             found: u64::from(flags),
@@ -239,7 +244,7 @@ pub fn encode<P: Platform + ?Sized>(
         });
     }
     let total_pages = (pieces.len() as u64).checked_mul(order.nr_pages()).and_then(|n| u32::try_from(n).ok()).ok_or(
-        Error::BadValue {
+        OutgoingError::BadValue {
             what: Field::VmallocTotalPages,
             at: PhysAddr::new(0),
             found: pieces.len() as u64,
@@ -249,10 +254,20 @@ pub fn encode<P: Platform + ?Sized>(
     for (i, &p) in pieces.iter().enumerate() {
         let at = PhysAddr::new(i as u64);
         if p.is_null() {
-            return Err(Error::Null { what: Field::VmallocPiece, at });
+            return Err(OutgoingError::BadValue {
+                what: Field::VmallocPiece,
+                at,
+                found: 0,
+                expected: "a non-NULL piece address",
+            });
         }
         if !p.is_aligned(order.bytes()) {
-            return Err(Error::Misaligned { what: Field::VmallocPiece, at, value: p.as_u64(), align: order.bytes() });
+            return Err(OutgoingError::Misaligned {
+                what: Field::VmallocPiece,
+                at,
+                value: p.as_u64(),
+                align: order.bytes(),
+            });
         }
     }
     let mut chunks: Vec<PhysAddr> = Vec::with_capacity(pieces.len().div_ceil(CHUNK_ENTRIES));
@@ -271,24 +286,25 @@ pub fn encode<P: Platform + ?Sized>(
     }
 }
 
-fn write_chunks<P: Platform + ?Sized>(plat: &P, pieces: &[PhysAddr], chunks: &mut Vec<PhysAddr>) -> Result<()> {
-    let mut page = [0u8; PAGE_BYTES];
+fn write_chunks<P: Platform + ?Sized>(
+    plat: &P,
+    pieces: &[PhysAddr],
+    chunks: &mut Vec<PhysAddr>,
+) -> Result<(), OutgoingError> {
     for group in pieces.chunks(CHUNK_ENTRIES) {
         let chunk = plat.alloc_meta_page()?;
         chunks.push(chunk);
         if let [.., prev, _] = chunks.as_slice() {
-            plat.write_u64(*prev, chunk.as_u64()).map_err(|e| Error::unreadable(Field::VmallocChunk, e))?;
+            plat.write_u64(*prev, chunk.as_u64()).map_err(|e| OutgoingError::memory(Field::VmallocChunk, e))?;
         }
-        page.fill(0);
-        for (dst, p) in page[8..].chunks_exact_mut(8).zip(group) {
-            dst.copy_from_slice(&p.as_u64().to_le_bytes());
+        let mut page = VmallocChunk::new_zeroed();
+        for (dst, p) in page.phys.iter_mut().zip(group) {
+            *dst = p.as_u64().into();
         }
-        plat.write_phys(chunk, &page).map_err(|e| Error::unreadable(Field::VmallocChunk, e))?;
+        plat.write_phys(chunk, page.as_bytes()).map_err(|e| OutgoingError::memory(Field::VmallocChunk, e))?;
     }
     Ok(())
 }
-
-const _: () = assert!(8 + CHUNK_ENTRIES * 8 <= PAGE_BYTES && PAGE_SIZE as usize == PAGE_BYTES);
 
 #[cfg(test)]
 mod tests {
@@ -311,7 +327,7 @@ mod tests {
         (0..n).map(|i| PhysAddr::new(2 * GIB + (i << (order + 12)))).collect()
     }
 
-    fn walk(mem: &SparseMem, desc: &KhoVmalloc, scratch: &[PhysRange]) -> Result<VmallocArea> {
+    fn walk(mem: &SparseMem, desc: &KhoVmalloc, scratch: &[PhysRange]) -> Result<VmallocArea, DecodeError> {
         let ram = [range(0, 4 * GIB)];
         let mut ctx = WalkContext::new(mem, &ram, scratch, Limits::default());
         decode_chain(&mut ctx, desc, PhysAddr::new(0x5000))
@@ -327,11 +343,11 @@ mod tests {
         bad[12] = 0x4;
         assert!(matches!(
             KhoVmalloc::from_bytes(&bad, PhysAddr::new(0x100)),
-            Err(Error::BadValue { what: Field::VmallocFlags, found: 4, at, .. }) if at == PhysAddr::new(0x10c)
+            Err(DecodeError { field: Field::VmallocFlags, at, kind: DecodeErrorKind::BadValue { found: 4, .. }, .. }) if at == PhysAddr::new(0x10c)
         ));
         assert!(matches!(
             KhoVmalloc::from_bytes(&b[..15], PhysAddr::new(0)),
-            Err(Error::BadValue { what: Field::Blob, found: 15, .. })
+            Err(DecodeError { field: Field::Blob, kind: DecodeErrorKind::BadValue { found: 15, .. }, .. })
         ));
     }
 
@@ -366,7 +382,7 @@ mod tests {
         let ps = pieces(1200, 0);
         for n in 0..3 {
             plat.fail_alloc_at(Some(n));
-            assert_eq!(encode(&plat, &ps, Order::ZERO, FLAG_ALLOC), Err(Error::OutOfMemory));
+            assert_eq!(encode(&plat, &ps, Order::ZERO, FLAG_ALLOC), Err(OutgoingError::OutOfMemory));
             assert!(plat.live_meta_pages().is_empty());
         }
         plat.fail_alloc_at(None);
@@ -376,11 +392,11 @@ mod tests {
     fn encode_refuses_bad_arguments() {
         let plat = platform();
         let e = encode(&plat, &[PhysAddr::new(0x1000)], Order::new(1).unwrap(), 0).unwrap_err();
-        assert!(matches!(e, Error::Misaligned { what: Field::VmallocPiece, .. }), "{e}");
+        assert!(matches!(e, OutgoingError::Misaligned { what: Field::VmallocPiece, .. }), "{e}");
         let e = encode(&plat, &[PhysAddr::new(0)], Order::ZERO, 0).unwrap_err();
-        assert!(matches!(e, Error::Null { what: Field::VmallocPiece, .. }), "{e}");
+        assert!(matches!(e, OutgoingError::BadValue { what: Field::VmallocPiece, found: 0, .. }), "{e}");
         let e = encode(&plat, &[], Order::ZERO, 8).unwrap_err();
-        assert!(matches!(e, Error::BadValue { what: Field::VmallocFlags, .. }), "{e}");
+        assert!(matches!(e, OutgoingError::BadValue { what: Field::VmallocFlags, .. }), "{e}");
     }
 
     #[test]
@@ -393,38 +409,68 @@ mod tests {
         // Chunk pointing at itself.
         plat.mem.write_bytes(c, &c.as_u64().to_le_bytes());
         let e = walk(&plat.mem, &KhoVmalloc { total_pages: 1000, ..desc }, &[]).unwrap_err();
-        assert_eq!(e, Error::Cycle { what: Field::VmallocChunk, at: c, target: c });
+        assert_eq!(e, DecodeError::new(Field::VmallocChunk, c, DecodeErrorKind::Cycle { target: c }));
         plat.mem.write_bytes(c, &0u64.to_le_bytes());
 
         // More pages than total_pages.
         let e = walk(&plat.mem, &KhoVmalloc { total_pages: 2, ..desc }, &[]).unwrap_err();
-        assert_eq!(e, Error::TooMany { what: Field::VmallocPiece, at: PhysAddr::new(c.as_u64() + 24), limit: 2 });
+        assert_eq!(
+            e,
+            DecodeError::new(
+                Field::VmallocPiece,
+                PhysAddr::new(c.as_u64() + 24),
+                DecodeErrorKind::TooMany { limit: 2 }
+            )
+        );
 
         // Fewer pages than total_pages.
         let e = walk(&plat.mem, &KhoVmalloc { total_pages: 4, ..desc }, &[]).unwrap_err();
-        assert!(matches!(e, Error::BadValue { what: Field::VmallocTotalPages, found: 4, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DecodeError { field: Field::VmallocTotalPages, kind: DecodeErrorKind::BadValue { found: 4, .. }, .. }
+            ),
+            "{e}"
+        );
 
         // Order too large.
         let e = walk(&plat.mem, &KhoVmalloc { order: 41, ..desc }, &[]).unwrap_err();
-        assert!(matches!(e, Error::OrderTooLarge { what: Field::VmallocOrder, order: 41, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DecodeError { field: Field::VmallocOrder, kind: DecodeErrorKind::OrderTooLarge { order: 41, .. }, .. }
+            ),
+            "{e}"
+        );
 
         // Misaligned piece for order 1.
         let e = walk(&plat.mem, &KhoVmalloc { order: 1, total_pages: 6, ..desc }, &[]).unwrap_err();
-        assert!(matches!(e, Error::Misaligned { what: Field::VmallocPiece, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::VmallocPiece, kind: DecodeErrorKind::Misaligned { .. }, .. }),
+            "{e}"
+        );
 
         // Piece in scratch.
         let scratch = [range(ps[1].as_u64(), 0x1000)];
         let e = walk(&plat.mem, &desc, &scratch).unwrap_err();
-        assert!(matches!(e, Error::InScratch { what: Field::VmallocPiece, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::VmallocPiece, kind: DecodeErrorKind::InScratch { .. }, .. }),
+            "{e}"
+        );
 
         // Duplicate piece.
         plat.mem.write_bytes(PhysAddr::new(c.as_u64() + 16), &ps[0].as_u64().to_le_bytes());
         let e = walk(&plat.mem, &desc, &[]).unwrap_err();
-        assert!(matches!(e, Error::Overlap { what: Field::VmallocPiece, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError { field: Field::VmallocPiece, kind: DecodeErrorKind::Duplicate { .. }, .. }),
+            "{e}"
+        );
 
         // Chunk outside RAM.
         let e = walk(&plat.mem, &KhoVmalloc { first: PhysAddr::new(8 * GIB), ..desc }, &[]).unwrap_err();
-        assert!(matches!(e, Error::OutsideRam { what: Field::VmallocChunk, at, .. } if at == PhysAddr::new(0x5000)));
+        assert!(
+            matches!(e, DecodeError { field: Field::VmallocChunk, at, kind: DecodeErrorKind::OutsideRam { .. }, .. } if at == PhysAddr::new(0x5000))
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use alloc::vec::Vec;
 
 use crate::blockset::BlockSet;
-use crate::error::{Error, Field, Result};
+use crate::error::{DecodeError, DecodeErrorKind, Field, RestoreError, Result};
 use crate::fdt::{FDT_HEADER_BYTES, header_totalsize};
 use crate::format::handover_ptr::HandoverPtr;
 use crate::format::root::{self, Subtree};
@@ -29,11 +29,11 @@ use crate::types::{Block, Order, PAGE_SIZE, PhysAddr, PhysRange};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OversizedPolicy {
     /// Keep them: they are reserved like any other block (nothing preserved is lost),
-    /// `restore_folio` refuses them with [`Error::OrderTooLarge`] before building anything,
+    /// `restore_folio` refuses them with [`RestoreError::OrderTooLarge`] before building anything,
     /// and `restore_pages` restores them as order-0 pages.
     #[default]
     Reserve,
-    /// Refuse the whole handover with [`Error::OrderTooLarge`] (strict validation).
+    /// Refuse the whole handover with [`DecodeErrorKind::OrderTooLarge`] (strict validation).
     Reject,
 }
 
@@ -73,7 +73,7 @@ pub struct Validation {
     /// The handover, when valid.
     pub handover: Option<Handover>,
     /// Every problem, in the order found (empty when valid).
-    pub problems: Vec<Error>,
+    pub problems: Vec<DecodeError>,
 }
 
 /// A validated incoming handover.
@@ -103,7 +103,7 @@ impl Handover {
     /// # Errors
     /// The first problem found, as a typed error naming field, address, value and
     /// expectation.
-    pub fn parse<M: PhysRead + ?Sized>(mem: &M, ptr: &HandoverPtr, cfg: &IncomingConfig) -> Result<Self> {
+    pub fn parse<M: PhysRead + ?Sized>(mem: &M, ptr: &HandoverPtr, cfg: &IncomingConfig) -> Result<Self, DecodeError> {
         let fdt = read_root_fdt(mem, ptr, cfg)?;
         let scratch = scratch::decode(mem, &cfg.ram, ptr.scratch, ptr.scratch_size, cfg.limits.max_scratch_areas)?;
         Self::parse_fdt(mem, &fdt, ptr.fdt, &scratch, cfg)
@@ -120,11 +120,16 @@ impl Handover {
         fdt_phys: PhysAddr,
         scratch: &[PhysRange],
         cfg: &IncomingConfig,
-    ) -> Result<Self> {
+    ) -> Result<Self, DecodeError> {
         let v = Self::validate_fdt(mem, fdt, fdt_phys, scratch, cfg);
         match v.handover {
             Some(h) => Ok(h),
-            None => Err(v.problems.into_iter().next().unwrap_or(Error::NotFinalized)),
+            // `validate_fdt` gives no handover only with at least one problem.
+            None => Err(v.problems.into_iter().next().unwrap_or(DecodeError::new(
+                Field::RootFdt,
+                fdt_phys,
+                DecodeErrorKind::BadValue { found: 0, expected: "a handover (validation gave none and no problem)" },
+            ))),
         }
     }
 
@@ -156,8 +161,8 @@ impl Handover {
         fdt_phys: PhysAddr,
         scratch: &[PhysRange],
         cfg: &IncomingConfig,
-        problems: &mut Vec<Error>,
-    ) -> Result<Self> {
+        problems: &mut Vec<DecodeError>,
+    ) -> Result<Self, DecodeError> {
         let mut scratch = scratch.to_vec();
         scratch.sort_unstable();
         let root = root::parse(fdt, fdt_phys, &cfg.limits)?;
@@ -171,7 +176,7 @@ impl Handover {
         metadata_pages.sort_unstable();
         metadata_pages.dedup();
         let ranges = index.coalesced_ranges()?;
-        let mut report = |e: Error| {
+        let mut report = |e: DecodeError| {
             if problems.len() < MAX_PROBLEMS {
                 problems.push(e);
             }
@@ -187,7 +192,11 @@ impl Handover {
         for &page in &metadata_pages {
             if let Some(other) = covering(&ranges, page).and_then(|_| index.block_containing(page.containing_pfn()?)) {
                 let block = Block::at(page, Order::ZERO).expect("metadata pages are page aligned");
-                report(Error::Overlap { what: Field::PreservedMemoryMap, block, other });
+                report(DecodeError::new(
+                    Field::PreservedMemoryMap,
+                    block.phys(),
+                    DecodeErrorKind::Overlap { block, other },
+                ));
             }
         }
         let mut oversized = 0;
@@ -196,12 +205,14 @@ impl Handover {
                 oversized += n;
                 if cfg.oversized == OversizedPolicy::Reject {
                     let first = index.first_block(order).map_or(PhysAddr::new(0), Block::phys);
-                    report(Error::OrderTooLarge {
-                        what: Field::Block,
-                        at: first,
-                        order: u64::from(order.as_u32()),
-                        max: cfg.max_order.as_u32(),
-                    });
+                    report(DecodeError::new(
+                        Field::Block,
+                        first,
+                        DecodeErrorKind::OrderTooLarge {
+                            order: u64::from(order.as_u32()),
+                            max: cfg.max_order.as_u32(),
+                        },
+                    ));
                 }
             }
         }
@@ -211,7 +222,11 @@ impl Handover {
                 if ranges.iter().any(|r| r.contains_range(range)) {
                     Ok(())
                 } else {
-                    Err(Error::BlobNotPreserved { name: s.name.clone(), range })
+                    Err(DecodeError::new(
+                        Field::SubtreeData,
+                        range.start(),
+                        DecodeErrorKind::BlobNotPreserved { name: s.name.clone(), range },
+                    ))
                 }
             }) {
                 report(e);
@@ -308,15 +323,15 @@ impl Handover {
 
     /// What is preserved at `pfn`, for error messages: already restored, part of a larger or
     /// differently shaped block, or nothing.
-    fn explain(&self, phys: PhysAddr, requested: PhysRange) -> Error {
-        let Some(pfn) = phys.pfn() else { return Error::NeverPreserved { phys } };
+    fn explain(&self, phys: PhysAddr, requested: PhysRange) -> RestoreError {
+        let Some(pfn) = phys.pfn() else { return RestoreError::NeverPreserved { phys } };
         if let Some(b) = self.restored.block_starting_at(pfn) {
-            return Error::AlreadyRestored { block: b };
+            return RestoreError::AlreadyRestored { block: b };
         }
         if let Some(found) = self.index.block_containing(pfn).or_else(|| self.restored.block_containing(pfn)) {
-            return Error::ShapeMismatch { requested, found };
+            return RestoreError::ShapeMismatch { requested, found };
         }
-        Error::NeverPreserved { phys }
+        RestoreError::NeverPreserved { phys }
     }
 
     /// Restores the folio preserved at `phys`: succeeds only for a block that starts exactly
@@ -325,24 +340,19 @@ impl Handover {
     /// before the platform builds a compound page (the seed review's findings 3 and 4).
     ///
     /// # Errors
-    /// [`Error::Misaligned`], [`Error::InvalidPage`], [`Error::NeverPreserved`],
-    /// [`Error::AlreadyRestored`], [`Error::ShapeMismatch`], [`Error::OrderTooLarge`].
-    pub fn restore_folio<T: MemMap + ?Sized>(&mut self, map: &mut T, phys: PhysAddr) -> Result<Block> {
+    /// [`RestoreError::Misaligned`], [`RestoreError::InvalidPage`], [`RestoreError::NeverPreserved`],
+    /// [`RestoreError::AlreadyRestored`], [`RestoreError::ShapeMismatch`], [`DecodeErrorKind::OrderTooLarge`].
+    pub fn restore_folio<T: MemMap + ?Sized>(&mut self, map: &mut T, phys: PhysAddr) -> Result<Block, RestoreError> {
         let pfn = page_frame(phys)?;
         if !map.pfn_valid(pfn) {
-            return Err(Error::InvalidPage { phys });
+            return Err(RestoreError::InvalidPage { phys });
         }
         let Some(block) = self.index.block_starting_at(pfn) else {
             let one = PhysRange::new(phys, PAGE_SIZE).expect("page");
             return Err(self.explain(phys, one));
         };
         if block.order() > self.max_order {
-            return Err(Error::OrderTooLarge {
-                what: Field::Block,
-                at: phys,
-                order: u64::from(block.order().as_u32()),
-                max: self.max_order.as_u32(),
-            });
+            return Err(RestoreError::OrderTooLarge { block, max: self.max_order });
         }
         self.index.remove(block);
         self.restored.insert(block);
@@ -356,29 +366,34 @@ impl Handover {
     /// nothing.
     ///
     /// # Errors
-    /// As [`Handover::restore_folio`], plus [`Error::Empty`].
-    pub fn restore_pages<T: MemMap + ?Sized>(&mut self, map: &mut T, phys: PhysAddr, count: u64) -> Result<Vec<Block>> {
+    /// As [`Handover::restore_folio`], plus [`RestoreError::Empty`].
+    pub fn restore_pages<T: MemMap + ?Sized>(
+        &mut self,
+        map: &mut T,
+        phys: PhysAddr,
+        count: u64,
+    ) -> Result<Vec<Block>, RestoreError> {
         let pfn = page_frame(phys)?;
         if count == 0 {
-            return Err(Error::Empty { what: Field::Argument });
+            return Err(RestoreError::Empty { phys });
         }
         let end = pfn
             .as_u64()
             .checked_add(count)
             .filter(|&e| e <= crate::types::PFN_LIMIT)
-            .ok_or(Error::InvalidPage { phys })?;
-        let requested = PhysRange::new(phys, count * PAGE_SIZE).ok_or(Error::InvalidPage { phys })?;
+            .ok_or(RestoreError::InvalidPage { phys })?;
+        let requested = PhysRange::new(phys, count * PAGE_SIZE).ok_or(RestoreError::InvalidPage { phys })?;
         let mut plan = Vec::new();
         let mut pos = pfn;
         while pos.as_u64() < end {
             if !map.pfn_valid(pos) {
-                return Err(Error::InvalidPage { phys: pos.phys() });
+                return Err(RestoreError::InvalidPage { phys: pos.phys() });
             }
             let Some(block) = self.index.block_starting_at(pos) else {
                 return Err(self.explain(pos.phys(), requested));
             };
             if block.end_pfn() > end {
-                return Err(Error::ShapeMismatch { requested, found: block });
+                return Err(RestoreError::ShapeMismatch { requested, found: block });
             }
             plan.push(block);
             pos = crate::types::Pfn::new(block.end_pfn()).unwrap_or(pos);
@@ -411,8 +426,8 @@ impl Handover {
 }
 
 /// The frame a restore argument names; it must be page aligned.
-fn page_frame(phys: PhysAddr) -> Result<crate::types::Pfn> {
-    phys.pfn().ok_or(Error::Misaligned { what: Field::Argument, at: phys, value: phys.as_u64(), align: PAGE_SIZE })
+fn page_frame(phys: PhysAddr) -> Result<crate::types::Pfn, RestoreError> {
+    phys.pfn().ok_or(RestoreError::Misaligned { phys })
 }
 
 fn covering(ranges: &[PhysRange], addr: PhysAddr) -> Option<PhysRange> {
@@ -421,39 +436,46 @@ fn covering(ranges: &[PhysRange], addr: PhysAddr) -> Option<PhysRange> {
 }
 
 /// Reads the root FDT the pointer names: header first, then `totalsize` bytes.
-fn read_root_fdt<M: PhysRead + ?Sized>(mem: &M, ptr: &HandoverPtr, cfg: &IncomingConfig) -> Result<Vec<u8>> {
+fn read_root_fdt<M: PhysRead + ?Sized>(
+    mem: &M,
+    ptr: &HandoverPtr,
+    cfg: &IncomingConfig,
+) -> Result<Vec<u8>, DecodeError> {
     let what = Field::RootFdt;
     if ptr.fdt.is_null() {
-        return Err(Error::Null { what, at: ptr.fdt });
+        return Err(DecodeError::new(what, ptr.fdt, DecodeErrorKind::Null));
     }
     if ptr.fdt_size < FDT_HEADER_BYTES as u64 || ptr.fdt_size > cfg.limits.max_blob_bytes {
-        return Err(Error::BadValue {
+        return Err(DecodeError::new(
             what,
-            at: ptr.fdt,
-            found: ptr.fdt_size,
-            expected: "an FDT size between the 40-byte header and the blob limit",
-        });
+            ptr.fdt,
+            DecodeErrorKind::BadValue {
+                found: ptr.fdt_size,
+                expected: "an FDT size between the 40-byte header and the blob limit",
+            },
+        ));
     }
-    let range = PhysRange::new(ptr.fdt, ptr.fdt_size).ok_or(Error::BadValue {
+    let range = PhysRange::new(ptr.fdt, ptr.fdt_size).ok_or(DecodeError::new(
         what,
-        at: ptr.fdt,
-        found: ptr.fdt_size,
-        expected: "a range that does not wrap",
-    })?;
+        ptr.fdt,
+        DecodeErrorKind::BadValue { found: ptr.fdt_size, expected: "a range that does not wrap" },
+    ))?;
     check_in_ram(&cfg.ram, what, ptr.fdt, range)?;
     let mut hdr = [0u8; FDT_HEADER_BYTES];
-    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| Error::unreadable(what, e))?;
+    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| DecodeError::unreadable(what, e))?;
     let total = u64::from(header_totalsize(&hdr, what, ptr.fdt)?);
     if total > ptr.fdt_size {
-        return Err(Error::BadValue {
+        return Err(DecodeError::new(
             what,
-            at: ptr.fdt,
-            found: total,
-            expected: "an FDT totalsize within the size the previous kernel passed",
-        });
+            ptr.fdt,
+            DecodeErrorKind::BadValue {
+                found: total,
+                expected: "an FDT totalsize within the size the previous kernel passed",
+            },
+        ));
     }
     let mut buf = alloc::vec![0u8; usize::try_from(total).unwrap_or(0)];
-    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| Error::unreadable(what, e))?;
+    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| DecodeError::unreadable(what, e))?;
     Ok(buf)
 }
 
@@ -465,7 +487,7 @@ fn resolve_blob<M: PhysRead + ?Sized>(
     limits: &Limits,
     version: FormatVersion,
     s: &mut Subtree,
-) -> Result<PhysRange> {
+) -> Result<PhysRange, DecodeError> {
     let what = Field::SubtreeData;
     let ctx = WalkContext::new(mem, ram, scratch, *limits);
     ctx.check_pointer(what, s.phys, s.phys, FDT_HEADER_BYTES as u64, 1)?;
@@ -473,17 +495,16 @@ fn resolve_blob<M: PhysRead + ?Sized>(
         FormatVersion::V4 => s.size.unwrap_or(0),
         FormatVersion::V1 => {
             let mut hdr = [0u8; FDT_HEADER_BYTES];
-            mem.read_phys(s.phys, &mut hdr).map_err(|e| Error::unreadable(what, e))?;
+            mem.read_phys(s.phys, &mut hdr).map_err(|e| DecodeError::unreadable(what, e))?;
             u64::from(header_totalsize(&hdr, Field::Blob, s.phys)?)
         }
     };
     if size == 0 || size > limits.max_blob_bytes {
-        return Err(Error::BadValue {
-            what: Field::SubtreeSize,
-            at: s.phys,
-            found: size,
-            expected: "a blob size between 1 byte and the blob limit",
-        });
+        return Err(DecodeError::new(
+            Field::SubtreeSize,
+            s.phys,
+            DecodeErrorKind::BadValue { found: size, expected: "a blob size between 1 byte and the blob limit" },
+        ));
     }
     s.size = Some(size);
     let range = ctx.check_pointer(what, s.phys, s.phys, size, 1)?;

@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 use crate::sync::{Guard, Lock};
 
 use crate::blockset::BlockSet;
-use crate::error::{Error, Field, Result};
+use crate::error::{Field, OutgoingError, Result};
 use crate::fdt::is_valid_subtree_name;
 use crate::format::handover_ptr::HandoverPtr;
 use crate::format::root::{self, Subtree};
@@ -112,13 +112,16 @@ impl<P: Platform> Kho<P> {
     /// A tracker with nothing preserved.
     ///
     /// # Errors
-    /// [`Error::BadValue`] if RAM or scratch ranges are unsorted, overlapping or unaligned,
+    /// [`OutgoingError::BadValue`] if RAM or scratch ranges are unsorted, overlapping or unaligned,
     /// or a scratch area lies outside RAM.
-    pub fn new(platform: P, config: OutgoingConfig) -> Result<Self> {
+    pub fn new(platform: P, config: OutgoingConfig) -> Result<Self, OutgoingError> {
+        if config.scratch.is_empty() {
+            return Err(OutgoingError::NoScratch);
+        }
         for (list, what) in [(&config.ram, Field::Argument), (&config.scratch, Field::ScratchEntry)] {
             for w in list.windows(2) {
                 if w[0].end() > w[1].start() {
-                    return Err(Error::BadValue {
+                    return Err(OutgoingError::BadValue {
                         what,
                         at: w[1].start(),
                         found: w[1].start().as_u64(),
@@ -128,7 +131,12 @@ impl<P: Platform> Kho<P> {
             }
             for r in list {
                 if !r.start().is_page_aligned() || !r.end().is_page_aligned() {
-                    return Err(Error::Misaligned { what, at: r.start(), value: r.start().as_u64(), align: PAGE_SIZE });
+                    return Err(OutgoingError::Misaligned {
+                        what,
+                        at: r.start(),
+                        value: r.start().as_u64(),
+                        align: PAGE_SIZE,
+                    });
                 }
             }
         }
@@ -137,11 +145,7 @@ impl<P: Platform> Kho<P> {
         }
         // The scratch array is handed over in one page.
         if config.scratch.len() as u64 * scratch::ENTRY_BYTES > PAGE_SIZE {
-            return Err(Error::TooMany {
-                what: Field::ScratchArray,
-                at: PhysAddr::new(0),
-                limit: PAGE_SIZE / scratch::ENTRY_BYTES,
-            });
+            return Err(OutgoingError::TooMany { what: Field::ScratchArray, limit: PAGE_SIZE / scratch::ENTRY_BYTES });
         }
         let tracker = Tracker::new(config.bitmap_bytes);
         Ok(Self { platform, config, state: Lock::new(State { tracker, subtrees: Vec::new(), output: None }) })
@@ -157,32 +161,33 @@ impl<P: Platform> Kho<P> {
         &self.config
     }
 
-    fn check_block(&self, st: &State, block: Block) -> Result<()> {
+    fn check_block(&self, st: &State, block: Block) -> Result<(), OutgoingError> {
         let range = block.range();
         check_in_ram(&self.config.ram, Field::Block, block.phys(), range)?;
         check_not_in_scratch(&self.config.scratch, Field::Block, block.phys(), range)?;
         if let Some(other) = st.tracker.overlapping(&self.platform, block)? {
             return Err(if other == block {
-                Error::AlreadyPreserved { block }
+                OutgoingError::AlreadyPreserved { block }
             } else {
-                Error::Overlap { what: Field::Block, block, other }
+                OutgoingError::Overlap { what: Field::Block, block, other }
             });
         }
         let first = block.phys().as_u64() & !(PAGE_SIZE - 1);
         if let Some(meta) = st.tracker.bitmap_page_in(first, range.end().as_u64()) {
             let meta_block = Block::at(PhysAddr::new(meta), Order::ZERO).expect("page aligned");
-            return Err(Error::Overlap { what: Field::ChunkBitmap, block, other: meta_block });
+            return Err(OutgoingError::Overlap { what: Field::ChunkBitmap, block, other: meta_block });
         }
         Ok(())
     }
 
-    fn insert_blocks(&self, st: &mut State, blocks: impl Iterator<Item = Block>) -> Result<()> {
+    fn insert_blocks(&self, st: &mut State, blocks: impl Iterator<Item = Block>) -> Result<(), OutgoingError> {
         let mut done: Vec<Block> = Vec::new();
         for b in blocks {
             let r = self.check_block(st, b).and_then(|()| st.tracker.insert(&self.platform, &self.config.scratch, b));
             if let Err(e) = r {
+                // Best effort: the caller gets the error that stopped us, not a rollback's.
                 for d in done.into_iter().rev() {
-                    st.tracker.remove(&self.platform, d)?;
+                    let _ = st.tracker.remove(&self.platform, d);
                 }
                 return Err(e);
             }
@@ -191,33 +196,45 @@ impl<P: Platform> Kho<P> {
         Ok(())
     }
 
-    fn remove_blocks(&self, st: &mut State, blocks: &[Block]) -> Result<()> {
+    /// Unpreserves `blocks`, all or nothing. Blocks that hold a sub-blob are refused unless
+    /// `blob` names that blob (only [`Kho::remove_subtree`] may drop them): a blob owns its
+    /// pages, so a handover can never name a blob whose memory is not preserved.
+    fn remove_blocks(&self, st: &mut State, blocks: &[Block], blob: Option<&str>) -> Result<(), OutgoingError> {
         for &b in blocks {
+            if let Some(s) = st.subtrees.iter().find(|s| Some(s.name.as_str()) != blob && blob_overlaps(s, b)) {
+                return Err(OutgoingError::OwnedByBlob { block: b, name: s.name.clone() });
+            }
             if !st.tracker.contains(&self.platform, b)? {
-                return Err(Error::NotPreserved { block: b });
+                return Err(OutgoingError::NotPreserved { block: b });
             }
         }
-        for &b in blocks {
-            st.tracker.remove(&self.platform, b)?;
+        for (i, &b) in blocks.iter().enumerate() {
+            if let Err(e) = st.tracker.remove(&self.platform, b) {
+                // Best effort: put back what was removed; the caller gets the first error.
+                for &d in blocks[..i].iter().rev() {
+                    let _ = st.tracker.insert(&self.platform, &self.config.scratch, d);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
 
-    fn open(&self) -> Result<Guard<'_, State>> {
+    fn open(&self) -> Result<Guard<'_, State>, OutgoingError> {
         let st = self.state.lock();
-        if st.output.is_some() { Err(Error::Finalized) } else { Ok(st) }
+        if st.output.is_some() { Err(OutgoingError::Finalized) } else { Ok(st) }
     }
 
-    fn folio(&self, pfn: Pfn, order: Order) -> Result<Block> {
+    fn folio(&self, pfn: Pfn, order: Order) -> Result<Block, OutgoingError> {
         if order > self.config.max_order {
-            return Err(Error::OrderTooLarge {
+            return Err(OutgoingError::OrderTooLarge {
                 what: Field::Argument,
                 at: pfn.phys(),
                 order: u64::from(order.as_u32()),
                 max: self.config.max_order.as_u32(),
             });
         }
-        Block::new(pfn, order).ok_or(Error::Misaligned {
+        Block::new(pfn, order).ok_or(OutgoingError::Misaligned {
             what: Field::Argument,
             at: pfn.phys(),
             value: pfn.phys().as_u64(),
@@ -225,13 +242,13 @@ impl<P: Platform> Kho<P> {
         })
     }
 
-    fn range_blocks(&self, pfn: Pfn, count: u64) -> Result<Vec<Block>> {
+    fn range_blocks(&self, pfn: Pfn, count: u64) -> Result<Vec<Block>, OutgoingError> {
         if count == 0 {
-            return Err(Error::Empty { what: Field::Argument });
+            return Err(OutgoingError::Empty { what: Field::Argument });
         }
         if pfn.checked_add(count - 1).is_none() {
             let range = PhysRange::new(pfn.phys(), PAGE_SIZE).expect("one page");
-            return Err(Error::OutsideRam { what: Field::Argument, at: pfn.phys(), range });
+            return Err(OutgoingError::OutsideRam { what: Field::Argument, at: pfn.phys(), range });
         }
         Ok(split_range(pfn, count, self.config.max_order).collect())
     }
@@ -239,10 +256,10 @@ impl<P: Platform> Kho<P> {
     /// Preserves the folio of `2^order` pages at `pfn`.
     ///
     /// # Errors
-    /// [`Error::Finalized`], [`Error::OrderTooLarge`] above this kernel's maximum,
-    /// [`Error::Misaligned`], [`Error::OutsideRam`], [`Error::InScratch`],
-    /// [`Error::AlreadyPreserved`], [`Error::Overlap`], [`Error::OutOfMemory`].
-    pub fn preserve_folio(&self, pfn: Pfn, order: Order) -> Result<()> {
+    /// [`OutgoingError::Finalized`], [`OutgoingError::OrderTooLarge`] above this kernel's maximum,
+    /// [`OutgoingError::Misaligned`], [`OutgoingError::OutsideRam`], [`OutgoingError::InScratch`],
+    /// [`OutgoingError::AlreadyPreserved`], [`OutgoingError::Overlap`], [`OutgoingError::OutOfMemory`].
+    pub fn preserve_folio(&self, pfn: Pfn, order: Order) -> Result<(), OutgoingError> {
         let block = self.folio(pfn, order)?;
         let mut st = self.open()?;
         // One block: nothing to roll back, so no undo list (an allocation per call).
@@ -253,19 +270,19 @@ impl<P: Platform> Kho<P> {
     /// Undoes [`Kho::preserve_folio`]; the shape must match exactly.
     ///
     /// # Errors
-    /// [`Error::Finalized`], [`Error::NotPreserved`], argument errors.
-    pub fn unpreserve_folio(&self, pfn: Pfn, order: Order) -> Result<()> {
+    /// [`OutgoingError::Finalized`], [`OutgoingError::NotPreserved`], argument errors.
+    pub fn unpreserve_folio(&self, pfn: Pfn, order: Order) -> Result<(), OutgoingError> {
         let block = self.folio(pfn, order)?;
         let mut st = self.open()?;
-        self.remove_blocks(&mut st, &[block])
+        self.remove_blocks(&mut st, &[block], None)
     }
 
     /// Preserves `count` pages from `pfn`, split into aligned blocks (see [`crate::split`]).
     /// All or nothing: a failure part-way leaves nothing of the range preserved.
     ///
     /// # Errors
-    /// As [`Kho::preserve_folio`], plus [`Error::Empty`].
-    pub fn preserve_pages(&self, pfn: Pfn, count: u64) -> Result<()> {
+    /// As [`Kho::preserve_folio`], plus [`OutgoingError::Empty`].
+    pub fn preserve_pages(&self, pfn: Pfn, count: u64) -> Result<(), OutgoingError> {
         let blocks = self.range_blocks(pfn, count)?;
         let mut st = self.open()?;
         self.insert_blocks(&mut st, blocks.into_iter())
@@ -274,21 +291,26 @@ impl<P: Platform> Kho<P> {
     /// Undoes [`Kho::preserve_pages`] with the same arguments; all or nothing.
     ///
     /// # Errors
-    /// [`Error::NotPreserved`] naming the first block of the split that is not preserved.
-    pub fn unpreserve_pages(&self, pfn: Pfn, count: u64) -> Result<()> {
+    /// [`OutgoingError::NotPreserved`] naming the first block of the split that is not preserved.
+    pub fn unpreserve_pages(&self, pfn: Pfn, count: u64) -> Result<(), OutgoingError> {
         let blocks = self.range_blocks(pfn, count)?;
         let mut st = self.open()?;
-        self.remove_blocks(&mut st, &blocks)
+        self.remove_blocks(&mut st, &blocks, None)
     }
 
-    fn phys_range(phys: PhysAddr, size: u64) -> Result<(Pfn, u64)> {
+    fn phys_range(phys: PhysAddr, size: u64) -> Result<(Pfn, u64), OutgoingError> {
         if !phys.is_page_aligned() {
-            return Err(Error::Misaligned { what: Field::Argument, at: phys, value: phys.as_u64(), align: PAGE_SIZE });
+            return Err(OutgoingError::Misaligned {
+                what: Field::Argument,
+                at: phys,
+                value: phys.as_u64(),
+                align: PAGE_SIZE,
+            });
         }
         if !size.is_multiple_of(PAGE_SIZE) {
-            return Err(Error::Misaligned { what: Field::Argument, at: phys, value: size, align: PAGE_SIZE });
+            return Err(OutgoingError::Misaligned { what: Field::Argument, at: phys, value: size, align: PAGE_SIZE });
         }
-        let pfn = phys.pfn().ok_or(Error::BadValue {
+        let pfn = phys.pfn().ok_or(OutgoingError::BadValue {
             what: Field::Argument,
             at: phys,
             found: phys.as_u64(),
@@ -300,8 +322,8 @@ impl<P: Platform> Kho<P> {
     /// Preserves the byte range `[phys, phys + size)`; both must be page aligned.
     ///
     /// # Errors
-    /// As [`Kho::preserve_pages`], plus [`Error::Misaligned`].
-    pub fn preserve_phys(&self, phys: PhysAddr, size: u64) -> Result<()> {
+    /// As [`Kho::preserve_pages`], plus [`OutgoingError::Misaligned`].
+    pub fn preserve_phys(&self, phys: PhysAddr, size: u64) -> Result<(), OutgoingError> {
         let (pfn, count) = Self::phys_range(phys, size)?;
         self.preserve_pages(pfn, count)
     }
@@ -310,7 +332,7 @@ impl<P: Platform> Kho<P> {
     ///
     /// # Errors
     /// As [`Kho::unpreserve_pages`].
-    pub fn unpreserve_phys(&self, phys: PhysAddr, size: u64) -> Result<()> {
+    pub fn unpreserve_phys(&self, phys: PhysAddr, size: u64) -> Result<(), OutgoingError> {
         let (pfn, count) = Self::phys_range(phys, size)?;
         self.unpreserve_pages(pfn, count)
     }
@@ -325,7 +347,7 @@ impl<P: Platform> Kho<P> {
     ///
     /// # Errors
     /// Platform read errors.
-    pub fn preserved(&self) -> Result<BlockSet> {
+    pub fn preserved(&self) -> Result<BlockSet, OutgoingError> {
         let st = self.state.lock();
         st.tracker.snapshot(&self.platform)
     }
@@ -352,11 +374,11 @@ impl<P: Platform> Kho<P> {
     /// has no size field); finalize checks that.
     ///
     /// # Errors
-    /// [`Error::DuplicateBlob`], [`Error::BadValue`] for a bad name or too many blobs,
-    /// [`Error::Empty`], and any preserve error for the blob's pages.
-    pub fn add_subtree(&self, name: &str, blob: PhysAddr, size: u64) -> Result<()> {
+    /// [`OutgoingError::DuplicateBlob`], [`OutgoingError::BadValue`] for a bad name or too many blobs,
+    /// [`OutgoingError::Empty`], and any preserve error for the blob's pages.
+    pub fn add_subtree(&self, name: &str, blob: PhysAddr, size: u64) -> Result<(), OutgoingError> {
         if !is_valid_subtree_name(name) {
-            return Err(Error::BadValue {
+            return Err(OutgoingError::BadValue {
                 what: Field::SubtreeName,
                 at: blob,
                 found: name.len() as u64,
@@ -364,17 +386,17 @@ impl<P: Platform> Kho<P> {
             });
         }
         if size == 0 {
-            return Err(Error::Empty { what: Field::Blob });
+            return Err(OutgoingError::Empty { what: Field::Blob });
         }
         let (pfn, _) = Self::phys_range(blob, 0)?;
         let pages = size.div_ceil(PAGE_SIZE);
         let blocks = self.range_blocks(pfn, pages)?;
         let mut st = self.open()?;
         if st.subtrees.iter().any(|s| s.name == name) {
-            return Err(Error::DuplicateBlob { name: name.to_string() });
+            return Err(OutgoingError::DuplicateBlob { name: name.to_string() });
         }
         if st.subtrees.len() >= self.config.max_subtrees {
-            return Err(Error::BadValue {
+            return Err(OutgoingError::BadValue {
                 what: Field::SubtreeName,
                 at: blob,
                 found: st.subtrees.len() as u64,
@@ -389,18 +411,18 @@ impl<P: Platform> Kho<P> {
     /// Removes a sub-blob and unpreserves its pages.
     ///
     /// # Errors
-    /// [`Error::UnknownBlob`], [`Error::Finalized`].
-    pub fn remove_subtree(&self, name: &str) -> Result<()> {
+    /// [`OutgoingError::UnknownBlob`], [`OutgoingError::Finalized`].
+    pub fn remove_subtree(&self, name: &str) -> Result<(), OutgoingError> {
         let mut st = self.open()?;
         let i = st
             .subtrees
             .iter()
             .position(|s| s.name == name)
-            .ok_or_else(|| Error::UnknownBlob { name: name.to_string() })?;
+            .ok_or_else(|| OutgoingError::UnknownBlob { name: name.to_string() })?;
         let s = &st.subtrees[i];
         let (pfn, _) = Self::phys_range(s.phys, 0)?;
         let blocks = self.range_blocks(pfn, s.size.unwrap_or(0).div_ceil(PAGE_SIZE))?;
-        self.remove_blocks(&mut st, &blocks)?;
+        self.remove_blocks(&mut st, &blocks, Some(name))?;
         st.subtrees.remove(i);
         Ok(())
     }
@@ -410,10 +432,10 @@ impl<P: Platform> Kho<P> {
     /// [`Kho::abort`]. On error nothing changes and every page taken is given back.
     ///
     /// # Errors
-    /// [`Error::Finalized`], [`Error::OutOfMemory`], [`Error::FdtTooLarge`],
-    /// [`Error::BadFdt`] for a kho-v1 blob that is not an FDT, [`Error::InScratch`] if the
+    /// [`OutgoingError::Finalized`], [`OutgoingError::OutOfMemory`], [`OutgoingError::FdtTooLarge`],
+    /// [`OutgoingError::BadBlob`] for a kho-v1 blob that is not an FDT, [`OutgoingError::InScratch`] if the
     /// platform handed out a metadata page inside scratch.
-    pub fn finalize(&self, format: FormatVersion) -> Result<Finalized> {
+    pub fn finalize(&self, format: FormatVersion) -> Result<Finalized, OutgoingError> {
         let mut st = self.open()?;
         let mut pages: Vec<PhysAddr> = Vec::new();
         let mut fdt_page = None;
@@ -425,8 +447,9 @@ impl<P: Platform> Kho<P> {
                 Ok(f)
             }
             Err(e) => {
+                // Best effort, and every page is given back: the caller gets the first error.
                 if let Some(page) = fdt_page {
-                    st.tracker.remove(&self.platform, Block::at(page, Order::ZERO).expect("page"))?;
+                    let _ = st.tracker.remove(&self.platform, Block::at(page, Order::ZERO).expect("page"));
                     self.platform.free_meta_page(page);
                 }
                 for p in pages {
@@ -437,7 +460,7 @@ impl<P: Platform> Kho<P> {
         }
     }
 
-    fn alloc_page(&self, what: Field, pages: &mut Vec<PhysAddr>) -> Result<PhysAddr> {
+    fn alloc_page(&self, what: Field, pages: &mut Vec<PhysAddr>) -> Result<PhysAddr, OutgoingError> {
         let p = self.platform.alloc_meta_page()?;
         pages.push(p);
         check_meta_page(&self.config.scratch, what, p)?;
@@ -450,8 +473,8 @@ impl<P: Platform> Kho<P> {
         format: FormatVersion,
         pages: &mut Vec<PhysAddr>,
         fdt_page: &mut Option<PhysAddr>,
-    ) -> Result<Output> {
-        let write_err = |e| Error::unreadable(Field::RootFdt, e);
+    ) -> Result<Output, OutgoingError> {
+        let write_err = |e| OutgoingError::memory(Field::RootFdt, e);
         // The FDT page first: it is preserved, so it must be in the map we serialize.
         let page = self.alloc_page(Field::RootFdt, pages)?;
         let fdt_block = Block::at(page, Order::ZERO).expect("page aligned");
@@ -463,10 +486,11 @@ impl<P: Platform> Kho<P> {
             FormatVersion::V1 => {
                 for s in &mut subtrees {
                     let mut hdr = [0u8; crate::fdt::FDT_HEADER_BYTES];
-                    self.platform.read_phys(s.phys, &mut hdr).map_err(|e| Error::unreadable(Field::Blob, e))?;
-                    let total = crate::fdt::header_totalsize(&hdr, Field::Blob, s.phys)?;
+                    self.platform.read_phys(s.phys, &mut hdr).map_err(|e| OutgoingError::memory(Field::Blob, e))?;
+                    let total = crate::fdt::header_totalsize(&hdr, Field::Blob, s.phys)
+                        .map_err(|source| OutgoingError::BadBlob { name: s.name.clone(), source })?;
                     if u64::from(total) > s.size.unwrap_or(0) {
-                        return Err(Error::BadValue {
+                        return Err(OutgoingError::BadValue {
                             what: Field::Blob,
                             at: s.phys,
                             found: u64::from(total),
@@ -511,7 +535,9 @@ impl<P: Platform> Kho<P> {
         } else {
             let first = self.alloc_page(Field::ScratchArray, pages)?;
             scratch_pages.push(first);
-            self.platform.write_phys(first, &scratch_bytes).map_err(|e| Error::unreadable(Field::ScratchArray, e))?;
+            self.platform
+                .write_phys(first, &scratch_bytes)
+                .map_err(|e| OutgoingError::memory(Field::ScratchArray, e))?;
             first
         };
         let mut metadata_pages = bitmap_pages;
@@ -542,10 +568,10 @@ impl<P: Platform> Kho<P> {
     /// unfreezes preservations. Every preservation made before `finalize` is kept.
     ///
     /// # Errors
-    /// [`Error::NotFinalized`].
-    pub fn abort(&self) -> Result<()> {
+    /// [`OutgoingError::NotFinalized`].
+    pub fn abort(&self) -> Result<(), OutgoingError> {
         let mut st = self.state.lock();
-        let out = st.output.take().ok_or(Error::NotFinalized)?;
+        let out = st.output.take().ok_or(OutgoingError::NotFinalized)?;
         for p in out.pages {
             self.platform.free_meta_page(p);
         }
@@ -553,4 +579,12 @@ impl<P: Platform> Kho<P> {
         self.platform.free_meta_page(out.fdt_page);
         Ok(())
     }
+}
+
+/// True if `block` overlaps the pages of sub-blob `s`.
+fn blob_overlaps(s: &Subtree, block: Block) -> bool {
+    let pages = s.size.unwrap_or(0).div_ceil(PAGE_SIZE);
+    let first = s.phys.as_u64() / PAGE_SIZE;
+    let (b0, b1) = (block.pfn().as_u64(), block.end_pfn());
+    b0 < first.saturating_add(pages) && first < b1
 }

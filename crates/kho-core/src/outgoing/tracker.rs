@@ -11,7 +11,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::blockset::BlockSet;
-use crate::error::{Error, Field, Result};
+use crate::error::{Field, OutgoingError, Result};
 use crate::format::BitmapBytes;
 use crate::platform::{MetaAlloc, PhysRead, PhysWrite};
 use crate::types::{Block, ORDER_LIMIT, Order, PAGE_SIZE, Pfn, PhysAddr};
@@ -157,8 +157,8 @@ pub(crate) struct Tracker {
     bytes: u64,
 }
 
-fn platform_err(e: crate::platform::MemError) -> Error {
-    Error::unreadable(Field::ChunkBitmap, e)
+fn platform_err(e: crate::platform::MemError) -> OutgoingError {
+    OutgoingError::memory(Field::ChunkBitmap, e)
 }
 
 impl Tracker {
@@ -192,7 +192,7 @@ impl Tracker {
         self.orders.get(order.as_u32() as usize)?.get(index)
     }
 
-    pub(crate) fn contains<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<bool> {
+    pub(crate) fn contains<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<bool, OutgoingError> {
         let (index, off, mask) = self.locate(block);
         let Some(bm) = self.slot(block.order(), index) else { return Ok(false) };
         let w = mem.read_u64(PhysAddr::new(bm.as_u64() + off)).map_err(platform_err)?;
@@ -200,7 +200,13 @@ impl Tracker {
     }
 
     /// Any block of `order` inside frames `[start, end)` (both aligned to `order`)?
-    fn any_in<M: PhysRead + ?Sized>(&self, mem: &M, order: Order, start: u64, end: u64) -> Result<Option<Block>> {
+    fn any_in<M: PhysRead + ?Sized>(
+        &self,
+        mem: &M,
+        order: Order,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Block>, OutgoingError> {
         let Some(units) = self.orders.get(order.as_u32() as usize) else { return Ok(None) };
         let bits = self.bitmap.bits();
         let (first, last) = (start >> order.as_u32(), (end >> order.as_u32()).saturating_sub(1));
@@ -227,7 +233,11 @@ impl Tracker {
     }
 
     /// The tracked block that overlaps `block`, if any (exact duplicates included).
-    pub(crate) fn overlapping<M: PhysRead + ?Sized>(&self, mem: &M, block: Block) -> Result<Option<Block>> {
+    pub(crate) fn overlapping<M: PhysRead + ?Sized>(
+        &self,
+        mem: &M,
+        block: Block,
+    ) -> Result<Option<Block>, OutgoingError> {
         let (s, e) = (block.pfn().as_u64(), block.end_pfn());
         for order in self.present_orders() {
             if order >= block.order() {
@@ -247,7 +257,7 @@ impl Tracker {
         &mut self,
         plat: &P,
         scratch: &[crate::types::PhysRange],
-    ) -> Result<PhysAddr> {
+    ) -> Result<PhysAddr, OutgoingError> {
         if let Some(s) = self.free_slots.pop() {
             *self.page_use.entry(s.as_u64() & !(PAGE_SIZE - 1)).or_default() += 1;
             return Ok(s);
@@ -266,11 +276,8 @@ impl Tracker {
         Ok(page)
     }
 
-    fn free_slot<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) -> Result<()> {
-        let zero = [0u8; 512];
-        for off in (0..self.bitmap.bytes()).step_by(512) {
-            plat.write_phys(PhysAddr::new(slot.as_u64() + off), &zero).map_err(platform_err)?;
-        }
+    /// Returns an all-zero slot to the free list (its page to the platform when unused).
+    fn release_slot<P: MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) {
         let page = slot.as_u64() & !(PAGE_SIZE - 1);
         let used = self.page_use.get_mut(&page).expect("slot belongs to a tracked page");
         *used -= 1;
@@ -281,7 +288,6 @@ impl Tracker {
         } else {
             self.free_slots.push(slot);
         }
-        Ok(())
     }
 
     /// Sets a block's bit (the caller checked overlap and bounds).
@@ -290,30 +296,39 @@ impl Tracker {
         plat: &P,
         scratch: &[crate::types::PhysRange],
         block: Block,
-    ) -> Result<()> {
+    ) -> Result<(), OutgoingError> {
         let (index, off, mask) = self.locate(block);
-        let bm = match self.slot(block.order(), index) {
-            Some(bm) => bm,
-            None => {
-                let bm = self.alloc_slot(plat, scratch)?;
-                let o = block.order().as_u32() as usize;
-                if let Some(units) = self.orders.get_mut(o) {
-                    units.insert(index, bm);
-                    self.present |= 1 << o;
-                }
-                bm
-            }
+        let (bm, fresh) = match self.slot(block.order(), index) {
+            Some(bm) => (bm, false),
+            None => (self.alloc_slot(plat, scratch)?, true),
         };
         let addr = PhysAddr::new(bm.as_u64() + off);
-        let w = plat.read_u64(addr).map_err(platform_err)?;
-        plat.write_u64(addr, w | mask).map_err(platform_err)?;
+        let set = plat.read_u64(addr).and_then(|w| plat.write_u64(addr, w | mask));
+        if let Err(e) = set {
+            if fresh {
+                // The slot is still all zero: give it back without writing to it.
+                self.release_slot(plat, bm);
+            }
+            return Err(platform_err(e));
+        }
+        if fresh {
+            let o = block.order().as_u32() as usize;
+            if let Some(units) = self.orders.get_mut(o) {
+                units.insert(index, bm);
+                self.present |= 1 << o;
+            }
+        }
         self.blocks += 1;
         self.bytes += block.order().bytes();
         Ok(())
     }
 
     /// Clears a block's bit; frees the bitmap when it becomes empty.
-    pub(crate) fn remove<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, block: Block) -> Result<bool> {
+    pub(crate) fn remove<P: PhysWrite + MetaAlloc + ?Sized>(
+        &mut self,
+        plat: &P,
+        block: Block,
+    ) -> Result<bool, OutgoingError> {
         let (index, off, mask) = self.locate(block);
         let Some(bm) = self.slot(block.order(), index) else { return Ok(false) };
         let addr = PhysAddr::new(bm.as_u64() + off);
@@ -332,12 +347,13 @@ impl Tracker {
                     self.present &= !(1 << o);
                 }
             }
-            self.free_slot(plat, bm)?;
+            // Checked all zero above: no write needed to recycle it.
+            self.release_slot(plat, bm);
         }
         Ok(true)
     }
 
-    fn bitmap_is_empty<M: PhysRead + ?Sized>(&self, mem: &M, bm: PhysAddr) -> Result<bool> {
+    fn bitmap_is_empty<M: PhysRead + ?Sized>(&self, mem: &M, bm: PhysAddr) -> Result<bool, OutgoingError> {
         let mut buf = [0u8; 512];
         for off in (0..self.bitmap.bytes()).step_by(512) {
             mem.read_phys(PhysAddr::new(bm.as_u64() + off), &mut buf).map_err(platform_err)?;
@@ -357,7 +373,7 @@ impl Tracker {
     }
 
     /// Copies the tracked blocks into a [`BlockSet`].
-    pub(crate) fn snapshot<M: PhysRead + ?Sized>(&self, mem: &M) -> Result<BlockSet> {
+    pub(crate) fn snapshot<M: PhysRead + ?Sized>(&self, mem: &M) -> Result<BlockSet, OutgoingError> {
         let mut set = BlockSet::new();
         let mut buf = alloc::vec![0u8; self.bitmap.bytes() as usize];
         let mut words = alloc::vec![0u64; self.bitmap.words()];
@@ -413,7 +429,16 @@ impl Tracker {
 
 /// Metadata must live outside scratch: the next kernel allocates from scratch before it has
 /// read the metadata (Linux 6.18 added the same check after KFENCE put bitmaps there).
-pub(crate) fn check_meta_page(scratch: &[crate::types::PhysRange], what: Field, page: PhysAddr) -> Result<()> {
-    let range = crate::types::PhysRange::new(page, PAGE_SIZE).ok_or(Error::Null { what, at: page })?;
-    crate::format::check_not_in_scratch(scratch, what, page, range)
+pub(crate) fn check_meta_page(
+    scratch: &[crate::types::PhysRange],
+    what: Field,
+    page: PhysAddr,
+) -> Result<(), OutgoingError> {
+    let range = crate::types::PhysRange::new(page, PAGE_SIZE).ok_or(OutgoingError::BadValue {
+        what,
+        at: page,
+        found: page.as_u64(),
+        expected: "a page below 2^64",
+    })?;
+    Ok(crate::format::check_not_in_scratch(scratch, what, page, range)?)
 }
