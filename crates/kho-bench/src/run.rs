@@ -129,7 +129,9 @@ fn best(budget: Duration, mut f: impl FnMut() -> Duration) -> Duration {
     let t0 = Instant::now();
     let mut best = f();
     let mut n = 1;
-    while n < 9 && t0.elapsed() + best < budget {
+    // A second run even over budget when it is short: one descheduling on a shared machine
+    // must not become the result.
+    while n < 9 && (t0.elapsed() + best < budget || (n < 3 && best < Duration::from_millis(200))) {
         best = best.min(f());
         n += 1;
     }
