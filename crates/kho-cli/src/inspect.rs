@@ -25,8 +25,8 @@ use kho_core::format::root::{self, Subtree};
 use kho_core::format::{WalkContext, scratch, v1, v4};
 use kho_core::incoming::{Handover, IncomingConfig, OversizedPolicy};
 use kho_core::{
-    BitmapBytes, BlockSet, DecodeError, DecodeErrorKind, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE,
-    PhysAddr, PhysRange, PhysRead,
+    BitmapBytes, BlockSet, DecodeError, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE, PhysAddr,
+    PhysRange, PhysRead,
 };
 
 use crate::live;
@@ -172,6 +172,9 @@ fn validate_text(r: &Report) -> String {
     for n in &r.notes {
         s.push_str(&format!("note: {n}\n"));
     }
+    for w in &r.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
     s
 }
 
@@ -287,29 +290,12 @@ fn setup_data_file(p: &Path, bytes: &[u8]) -> anyhow::Result<HandoverPtr> {
     ptr.with_context(|| format!("--setup-data {}", p.display()))
 }
 
-/// Reads the root FDT at the setup_data address: header, then `totalsize` bytes, which
-/// must fit the size the previous kernel passed.
+/// Reads the root FDT at the setup_data address with the engine's one reader (which checks
+/// the pointer, `fdt_size` and the 52-bit limit first, as the library and simulator do).
 fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
-    let what = Field::RootFdt;
-    if ptr.fdt.is_null() {
-        return Err(DecodeError::new(Field::SetupData, PhysAddr::new(0), DecodeErrorKind::Null));
-    }
-    let mut hdr = [0u8; FDT_HEADER_BYTES];
-    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| DecodeError::unreadable(what, e))?;
-    let total = u64::from(header_totalsize(&hdr, what, ptr.fdt)?);
-    if total > ptr.fdt_size || total > limits.max_blob_bytes || total < FDT_HEADER_BYTES as u64 {
-        return Err(DecodeError::new(
-            what,
-            ptr.fdt,
-            DecodeErrorKind::BadValue {
-                found: total,
-                expected: "an FDT totalsize within the fdt_size the previous kernel passed",
-            },
-        ));
-    }
-    let mut buf = vec![0u8; usize::try_from(total).unwrap_or(0)];
-    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| DecodeError::unreadable(what, e))?;
-    Ok(buf)
+    let mut cfg = IncomingConfig::new(mem.ram());
+    cfg.limits = *limits;
+    kho_core::incoming::read_root_fdt(mem, ptr, &cfg)
 }
 
 /// Reads every input. Usage problems (missing files, bad arguments) are errors; problems
@@ -404,7 +390,14 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
     let fdt_phys = a.fdt_phys.map(PhysAddr::new).or(ptr.map(|p| p.fdt));
 
     let (mut fdt, mut fdt_origin) = match (&fdt_path, &ptr) {
-        (Some(path), _) => (Some(read_file(path, "root FDT")?), path.display().to_string()),
+        (Some(path), ptr) => {
+            // The FDT comes from a file, but the setup_data pointer must still be one the next
+            // kernel would accept.
+            if let Some(Err(e)) = ptr.map(|p| kho_core::incoming::check_handover_ptr(&p, &limits)) {
+                problems.push(Problem::from_error(&e));
+            }
+            (Some(read_file(path, "root FDT")?), path.display().to_string())
+        }
         (None, Some(ptr)) => match fdt_from_memory(&mem, ptr, &limits) {
             Ok(b) => (Some(b), format!("memory at {}", ptr.fdt)),
             Err(e) => {
@@ -578,9 +571,10 @@ pub fn analyze(l: &Loaded, a: &InputArgs) -> Analysis {
         follow: true,
     };
     for s in &subtrees {
-        let (entry, problems) = decode_subtree(&bctx, s);
+        let (entry, problems, warnings) = decode_subtree(&bctx, s);
         r.subtrees.push(entry);
         r.problems.extend(problems);
+        r.warnings.extend(warnings);
     }
     r.valid = r.problems.is_empty() && v.handover.is_some();
     if r.format.as_deref() == Some("kho-v1") {
@@ -646,9 +640,10 @@ fn analyze_consumed(l: &Loaded, fdt: &[u8], fdt_phys: PhysAddr, cfg: &IncomingCo
                 r.problems.push(Problem::new("blob", format!("sub-blob {:?}: {e}", s.name)));
             }
         }
-        let (entry, problems) = decode_subtree(&bctx, s);
+        let (entry, problems, warnings) = decode_subtree(&bctx, s);
         r.subtrees.push(entry);
         r.problems.extend(problems);
+        r.warnings.extend(warnings);
     }
     r.valid = r.problems.is_empty();
     out.subtrees = subtrees;
@@ -688,7 +683,7 @@ fn fill_preserved(r: &mut Report, set: &BlockSet, ranges: &[PhysRange], oversize
 }
 
 /// Reads a sub-blob and decodes it by name (known ABIs) or by content (any FDT).
-fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Problem>) {
+fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Problem>, Vec<String>) {
     let mut entry = report::Subtree {
         name: s.name.clone(),
         phys: s.phys.as_u64(),
@@ -700,12 +695,12 @@ fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Prob
     let mut problems = Vec::new();
     let Some(size) = s.size.filter(|&n| n > 0 && n <= c.limits.max_blob_bytes) else {
         entry.error = Some("size unknown or above the blob limit".into());
-        return (entry, problems);
+        return (entry, problems, Vec::new());
     };
     let mut blob = vec![0u8; usize::try_from(size).unwrap_or(0)];
     if let Err(e) = c.mem.read_phys(s.phys, &mut blob) {
         entry.error = Some(DecodeError::unreadable(Field::Blob, e).to_string());
-        return (entry, problems);
+        return (entry, problems, Vec::new());
     }
     let d = blobs::decode(c, &s.name, &blob, s.phys);
     entry.kind = d.kind.to_string();
@@ -715,7 +710,8 @@ fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Prob
         problems.push(Problem::new("blob", format!("sub-blob {:?} at {}: {e}", s.name, s.phys)));
         entry.error = Some(e);
     }
-    (entry, problems)
+    let warnings = d.warning.into_iter().map(|w| format!("sub-blob {:?} at {}: {w}", s.name, s.phys)).collect();
+    (entry, problems, warnings)
 }
 
 /// Decoders for the sub-blob ABIs the tool knows (by sub-node name, as Linux looks them up,
@@ -753,14 +749,46 @@ mod blobs {
         pub problems: Vec<String>,
         /// Why it does not decode.
         pub error: Option<String>,
+        /// Content the next kernel ignores with a warning (the handover stays valid).
+        pub warning: Option<String>,
     }
 
     impl Decoded {
         fn ok(kind: &'static str, value: Value, problems: Vec<String>) -> Self {
-            Self { kind, value: Some(value), problems, error: None }
+            Self { kind, value: Some(value), problems, error: None, warning: None }
         }
         fn err(kind: &'static str, e: &DecodeError) -> Self {
-            Self { kind, value: None, problems: Vec::new(), error: Some(e.to_string()) }
+            Self { kind, value: None, problems: Vec::new(), error: Some(e.to_string()), warning: None }
+        }
+    }
+
+    /// kexec-metadata: Linux ignores a blob of another version with a warning (spec §2.5,
+    /// consumer check 3), so it is a warning here too, not an invalid handover.
+    fn decode_kexec_metadata(blob: &[u8], at: PhysAddr) -> Decoded {
+        let version = blob.get(..4).map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+        match version {
+            Some(v) if v != kho_core::format::kexec_metadata::VERSION => Decoded {
+                kind: "kexec-metadata",
+                value: Some(json!({ "version": v, "ignored": true })),
+                problems: Vec::new(),
+                error: None,
+                warning: Some(format!(
+                    "kexec-metadata version {v}, not {}: Linux warns and ignores this blob",
+                    kho_core::format::kexec_metadata::VERSION
+                )),
+            },
+            _ => match KexecMetadata::parse(blob, at) {
+                Ok(m) => Decoded::ok(
+                    "kexec-metadata",
+                    json!({
+                        "version": m.version,
+                        "previous_release": m.previous_release,
+                        "kexec_count": m.kexec_count,
+                    }),
+                    Vec::new(),
+                ),
+                Err(e) => Decoded::err("kexec-metadata", &e),
+            },
         }
     }
 
@@ -780,18 +808,7 @@ mod blobs {
             None
         };
         match (name, compat.as_deref()) {
-            ("kexec-metadata", _) => match KexecMetadata::parse(blob, at) {
-                Ok(m) => Decoded::ok(
-                    "kexec-metadata",
-                    json!({
-                        "version": m.version,
-                        "previous_release": m.previous_release,
-                        "kexec_count": m.kexec_count,
-                    }),
-                    Vec::new(),
-                ),
-                Err(e) => Decoded::err("kexec-metadata", &e),
-            },
+            ("kexec-metadata", _) => decode_kexec_metadata(blob, at),
             (test_kho::SUBTREE_NAME, _) | (_, Some(test_kho::COMPATIBLE)) => decode_test_kho(c, blob, at),
             ("memblock", _) | (_, Some(memblock::COMPATIBLE)) => match memblock::parse(blob, at) {
                 Ok(regions) => {
@@ -817,7 +834,7 @@ mod blobs {
                 Ok(tree) => Decoded::ok("fdt", fdt_json(&tree.root), Vec::new()),
                 Err(e) => Decoded::err("fdt", &e),
             },
-            _ => Decoded { kind: "binary", value: None, problems: Vec::new(), error: None },
+            _ => Decoded { kind: "binary", value: None, problems: Vec::new(), error: None, warning: None },
         }
     }
 
@@ -875,7 +892,7 @@ mod blobs {
                 );
                 Decoded::ok("test_kho", v, problems)
             }
-            Err(e) => Decoded { kind: "test_kho", value: Some(v), problems, error: Some(e.to_string()) },
+            Err(e) => Decoded { kind: "test_kho", value: Some(v), problems, error: Some(e.to_string()), warning: None },
         }
     }
 

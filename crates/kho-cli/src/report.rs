@@ -48,6 +48,9 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Remarks that are not problems (assumptions, skipped input).
     pub notes: Vec<String>,
+    /// Content the next kernel would ignore with a warning, as Linux does (e.g. an optional
+    /// blob of an unknown version); the handover stays valid.
+    pub warnings: Vec<String>,
 }
 
 /// Where the inputs came from.
@@ -274,6 +277,9 @@ impl Report {
         }
         for n in &self.notes {
             let _ = writeln!(o, "note: {n}");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(o, "warning: {w}");
         }
         if self.problems.is_empty() && self.consumed {
             let _ = writeln!(o, "\n{}", crate::live::CONSUMED_MESSAGE);
