@@ -89,6 +89,10 @@ pub struct InputArgs {
     /// Treat blocks above --max-order as invalid (by default they are reported and counted).
     #[arg(long)]
     pub reject_oversized: bool,
+    /// List every preserved block and range in the report, however many. Without it, lists
+    /// longer than 4096 entries are left out (counts and totals are always complete).
+    #[arg(long)]
+    pub blocks: bool,
 }
 
 /// Arguments of `kho inspect` and `kho validate`.
@@ -557,7 +561,7 @@ pub fn analyze(l: &Loaded, a: &InputArgs) -> Analysis {
             None => (BlockSet::new(), Vec::new(), Vec::new(), 0),
         },
     };
-    fill_preserved(r, &preserved, &ranges, oversized);
+    fill_preserved(r, &preserved, &ranges, oversized, a.blocks);
     let mut scratch = l.scratch.clone();
     scratch.sort_unstable();
     let bctx = blobs::Ctx {
@@ -660,13 +664,33 @@ fn resolve_v1_size(mem: &MemSource, version: FormatVersion, mut s: Subtree) -> S
     s
 }
 
-fn fill_preserved(r: &mut Report, set: &BlockSet, ranges: &[PhysRange], oversized: u64) {
-    r.preserved = set
-        .sorted_by_address()
-        .iter()
-        .map(|b| BlockEntry { phys: b.phys().as_u64(), order: b.order().as_u32() })
-        .collect();
-    r.ranges = ranges.iter().map(|&x| Range::from(x)).collect();
+/// Most blocks (and ranges) listed without `--blocks`: a report costs what the metadata
+/// costs, not what the preserved set describes (1 TiB at order 0 is 2^28 blocks).
+pub const LIST_LIMIT: u64 = 4096;
+
+fn fill_preserved(r: &mut Report, set: &BlockSet, ranges: &[PhysRange], oversized: u64, all: bool) {
+    let list_blocks = all || set.len() <= LIST_LIMIT;
+    if list_blocks {
+        r.preserved = set
+            .sorted_by_address()
+            .iter()
+            .map(|b| BlockEntry { phys: b.phys().as_u64(), order: b.order().as_u32() })
+            .collect();
+    } else {
+        r.notes.push(format!(
+            "{} preserved blocks: the block list is left out above {LIST_LIMIT} (--blocks lists them all); the \
+             per-order counts and totals are complete",
+            set.len()
+        ));
+    }
+    let list_ranges = all || ranges.len() as u64 <= LIST_LIMIT;
+    let shown = if list_ranges { ranges.len() } else { LIST_LIMIT as usize };
+    r.ranges = ranges.iter().take(shown).map(|&x| Range::from(x)).collect();
+    if !list_ranges {
+        r.notes
+            .push(format!("{} ranges: only the first {LIST_LIMIT} are listed (--blocks lists them all)", ranges.len()));
+    }
+    r.lists_complete = list_blocks && list_ranges;
     r.orders = set
         .count_by_order()
         .iter()
@@ -938,6 +962,27 @@ mod tests {
     struct Args {
         #[command(flatten)]
         input: InputArgs,
+    }
+
+    #[test]
+    fn long_lists_are_left_out_unless_asked_for() {
+        // 5000 order-0 blocks, every other page: 5000 blocks, 5000 ranges.
+        let mut set = BlockSet::new();
+        for i in 0..5000u64 {
+            set.insert(kho_core::Block::at(PhysAddr::new(0x100_0000 + i * 0x2000), Order::ZERO).unwrap());
+        }
+        let ranges = set.coalesced_ranges().unwrap();
+        let mut r = Report::default();
+        fill_preserved(&mut r, &set, &ranges, 0, false);
+        assert!(r.preserved.is_empty());
+        assert_eq!(r.ranges.len() as u64, LIST_LIMIT);
+        assert!(!r.lists_complete);
+        assert_eq!((r.totals.blocks, r.totals.ranges, r.totals.pages), (5000, 5000, 5000));
+        assert!(r.notes.iter().any(|n| n.contains("--blocks")), "{:?}", r.notes);
+        let mut r = Report::default();
+        fill_preserved(&mut r, &set, &ranges, 0, true);
+        assert_eq!((r.preserved.len(), r.ranges.len()), (5000, 5000));
+        assert!(r.lists_complete);
     }
 
     fn capture(file: &str) -> PathBuf {

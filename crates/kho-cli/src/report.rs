@@ -36,8 +36,12 @@ pub struct Report {
     pub subtrees: Vec<Subtree>,
     /// Scratch areas, sorted.
     pub scratch: Vec<Range>,
-    /// Every preserved block, sorted by address then order.
+    /// Every preserved block, sorted by address then order (empty above 4096 blocks unless
+    /// `--blocks` was given; see `lists_complete`).
     pub preserved: Vec<BlockEntry>,
+    /// True when `preserved` and `ranges` list everything (false when left out or cut at
+    /// 4096 entries without `--blocks`).
+    pub lists_complete: bool,
     /// Preserved memory as sorted, disjoint, coalesced ranges.
     pub ranges: Vec<Range>,
     /// Per-order counts, ascending by order.
