@@ -11,5 +11,6 @@ if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none \
     || rustup target add x86_64-unknown-none >/dev/null 2>&1; then
   cargo clippy --locked --target x86_64-unknown-none --lib --bin kho-mini -- -D warnings
 fi
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --lib
 cargo test --locked
 CARGO_LOCKED=1 bash build.sh

@@ -1,20 +1,21 @@
 # Shell library for the real-Linux harness. Source it (`. tests/linux/lib.sh`); it defines:
 #
 #   build_kernel                 -> prints the cached kernel directory (bzImage, config, System.map);
-#                                   builds it once (tinyconfig + tests/linux/kernel.config).
+#                                   builds it once (tinyconfig + tests/linux/kernel.config), under
+#                                   a lock so concurrent callers wait for one build.
 #   build_kho                    -> prints the path of a static `kho` binary (release, +crt-static).
 #   make_initramfs OUT SCRIPT [SRC:DST ...]
 #                                -> writes a newc cpio to OUT: static busybox, /init, the test
 #                                   script as /test.sh, plus each SRC copied to DST in the image.
 #                                   /init mounts proc, sysfs, devtmpfs and debugfs, runs /test.sh
-#                                   (output on the serial console), then powers the machine off.
+#                                   (output on the serial console), prints "KHO-GUEST-EXIT: <status>"
+#                                   and reboots, which ends QEMU (-no-reboot).
 #   boot_qemu KERNEL INITRD APPEND TIMEOUT LOG
 #                                -> boots under QEMU TCG with the serial console in LOG; returns
 #                                   0 when QEMU exits by itself, 124 on timeout (QEMU is killed).
 #   expect_line LOG REGEX WHAT   -> fails (exit 1) with the log tail unless LOG has a line matching
 #                                   the extended REGEX.
 #
-# The initramfs /init also understands `kho_test_script=` being absent: it then runs /test.sh.
 # Everything heavy runs under `nice`; the kernel build uses `-j${KHO_LINUX_JOBS:-2}`.
 
 KHO_LINUX_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,6 +63,19 @@ check_kernel_config() {
 }
 
 build_kernel() {
+  # One builder at a time (tests run by several developers at once share the cache).
+  mkdir -p "$KHO_CACHE"
+  local lockfd
+  exec {lockfd}>"$KHO_CACHE/.build.lock"
+  flock "$lockfd"
+  local rc=0
+  _build_kernel_locked || rc=$?
+  flock -u "$lockfd"
+  exec {lockfd}>&-
+  return $rc
+}
+
+_build_kernel_locked() {
   kernel_source
   local key out build
   key="$(kernel_key)"

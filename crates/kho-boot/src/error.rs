@@ -89,4 +89,12 @@ pub enum BootError {
         /// What is wrong.
         problem: &'static str,
     },
+    /// The segments need more memory than `kexec_load` allows (half of RAM).
+    #[error("segments need {total:#x} bytes; kexec_load accepts at most half of RAM ({max:#x} bytes)")]
+    TooLarge {
+        /// Bytes of all segments.
+        total: u64,
+        /// Half of RAM.
+        max: u64,
+    },
 }

@@ -113,7 +113,8 @@ fn top_down(ranges: &[PhysRange], size: u64, align: u64, min: u64, limit: u64) -
 /// Places `requests` in order in `ram` (sorted, disjoint), honouring `scratch`.
 ///
 /// # Errors
-/// [`BootError::NoRoom`] naming the first request that does not fit;
+/// [`BootError::NoRoom`] naming the first request that does not fit; [`BootError::TooLarge`]
+/// if all of them need more than half of RAM;
 /// [`BootError::TooManySegments`] for more than 16 requests; [`BootError::BadSegment`] for a
 /// fixed address outside free RAM or inside scratch when it must not be.
 pub fn place(ram: &[PhysRange], scratch: &[PhysRange], requests: &[Request]) -> Result<Vec<Placed>, BootError> {
@@ -163,11 +164,20 @@ pub fn place(ram: &[PhysRange], scratch: &[PhysRange], requests: &[Request]) -> 
         subtract(&mut free, range);
         out.push(Placed { what: req.what, range, in_scratch: scratch.iter().any(|s| s.contains_range(range)) });
     }
+    check_total(&out, ram)?;
     Ok(out)
 }
 
+/// `kexec_load` refuses a segment, or all of them together, larger than half of RAM.
+fn check_total(segments: &[Placed], ram: &[PhysRange]) -> Result<(), BootError> {
+    let max = ram.iter().map(|r| r.len()).sum::<u64>() / 2;
+    let total = segments.iter().map(|s| s.range.len()).sum::<u64>();
+    if total > max { Err(BootError::TooLarge { total, max }) } else { Ok(()) }
+}
+
 /// Checks a finished plan against every rule, independently of how it was made: page
-/// aligned, inside RAM and at or above 1 MiB, pairwise disjoint, at most 16 segments, and the
+/// aligned, inside RAM and at or above 1 MiB, pairwise disjoint, at most 16 segments, at most
+/// half of RAM in all, and the
 /// segments named in `outside_scratch` clear of every scratch area.
 ///
 /// # Errors
@@ -181,6 +191,7 @@ pub fn check(
     if segments.len() > MAX_SEGMENTS {
         return Err(BootError::TooManySegments { count: segments.len(), max: MAX_SEGMENTS });
     }
+    check_total(segments, ram)?;
     for (i, s) in segments.iter().enumerate() {
         let bad = |problem| BootError::BadSegment { what: s.what, at: s.range.start(), problem };
         if !s.range.start().is_page_aligned() || !s.range.end().is_page_aligned() || s.range.is_empty() {
@@ -285,6 +296,15 @@ mod tests {
     }
 
     #[test]
+    fn more_than_half_of_ram_is_refused() {
+        let ram = vec![r(MIB, 63 * MIB)];
+        let big = [req("handover", 33 * MIB, PAGE_SIZE, Placement::OutsideScratch)];
+        assert_eq!(place(&ram, &[], &big), Err(BootError::TooLarge { total: 33 * MIB, max: 63 * MIB / 2 }));
+        let seg = Placed { what: "a", range: r(MIB, 32 * MIB), in_scratch: false };
+        assert_eq!(check(&[seg], &ram, &[], &[]), Err(BootError::TooLarge { total: 32 * MIB, max: 63 * MIB / 2 }));
+    }
+
+    #[test]
     fn check_catches_each_rule() {
         let (ram, scratch) = guest();
         let seg = |what, start, len| Placed { what, range: r(start, len), in_scratch: false };
@@ -344,7 +364,7 @@ mod tests {
                     }
                     placed_ok += 1;
                 }
-                Err(e) => assert!(matches!(e, BootError::NoRoom { .. }), "{e}"),
+                Err(e) => assert!(matches!(e, BootError::NoRoom { .. } | BootError::TooLarge { .. }), "{e}"),
             }
         }
         assert!(placed_ok > 1000, "only {placed_ok} layouts placed");

@@ -266,6 +266,12 @@ struct ManifestImage {
 /// read back the same (a bug, reported rather than written silently).
 pub fn run(a: ConvertArgs) -> anyhow::Result<ExitCode> {
     let loaded = inspect::load(&a.input)?;
+    if loaded.consumed {
+        bail!(
+            "the handover this kernel received has been consumed (its memory map is freed at boot): \
+             there is nothing to convert; run kho convert before the kexec"
+        );
+    }
     let analysis = inspect::analyze(&loaded, &a.input);
     let Some(h) = analysis.handover.as_ref().filter(|_| analysis.report.valid) else {
         crate::errln!("kho convert: the source handover is invalid; nothing written:");

@@ -35,7 +35,7 @@ use kho_sim::{Ram, Results};
 use crate::memsrc;
 
 /// Parses a size: the one grammar of every numeric flag ([`memsrc::parse_number`]).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     memsrc::parse_number(s, "size").map_err(|e| e.to_string())
 }
 

@@ -644,10 +644,16 @@ fn analyze_consumed(l: &Loaded, fdt: &[u8], fdt_phys: PhysAddr, cfg: &IncomingCo
                 r.problems.push(Problem::new("blob", format!("sub-blob {:?}: {e}", s.name)));
             }
         }
+        // A blob's owner may free it once restored: content that no longer decodes is told,
+        // not held against the handover (its placement, from the FDT, is checked above).
         let (entry, problems, warnings) = decode_subtree(&bctx, s);
         r.subtrees.push(entry);
-        r.problems.extend(problems);
         r.warnings.extend(warnings);
+        r.notes.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{} (its owner may have reused the memory after restoring)", p.message)),
+        );
     }
     r.valid = r.problems.is_empty();
     out.subtrees = subtrees;
@@ -1042,6 +1048,24 @@ mod tests {
         assert!(text.contains("nr_folios 26, csum 1120136128, folios not followed"), "{text}");
         assert!(text.contains("memory map:      0x181000 (radix root; not walked: Linux frees it at boot)"), "{text}");
         assert!(r.to_json().unwrap().contains("\"consumed\": true"));
+    }
+
+    #[test]
+    fn a_consumed_handover_whose_blobs_were_reused_is_not_invalid() {
+        // The same FDT over memory that reads as zero: both blobs no longer decode.
+        let (mut l, a) = consumed(capture_scratch());
+        l.mem = MemSource::from_pages("zeroed RAM", 0, 2 << 30, Default::default()).unwrap();
+        let r = analyze(&l, &a).report;
+        assert!(r.valid && r.consumed, "{:?}", r.problems);
+        assert_eq!(r.subtrees.len(), 2);
+        assert!(r.subtrees[0].error.is_some(), "{:?}", r.subtrees);
+        let reused: Vec<&String> = r.notes.iter().filter(|n| n.contains("may have reused the memory")).collect();
+        assert_eq!(reused.len(), 1, "{:#?}", r.notes);
+        assert!(reused[0].contains("sub-blob \"kho_test\" at 0x292000"), "{}", reused[0]);
+        // Zeroed kexec-metadata reads as version 0: Linux warns and ignores it (spec §2.5).
+        assert_eq!(r.subtrees[1].decoded.as_ref().unwrap()["ignored"], true);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("kexec-metadata version 0, not 1"), "{}", r.warnings[0]);
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct KexecArgs {
     /// The running system's zero page.
     #[arg(long, value_name = "FILE", default_value = "/sys/kernel/boot_params/data")]
     pub boot_params: PathBuf,
+    /// EFI system table summary, for the ACPI RSDP address when the zero page has none.
+    #[arg(long, value_name = "FILE", default_value = "/sys/firmware/efi/systab", hide = true)]
+    pub efi_systab: PathBuf,
     /// Where debugfs is mounted.
     #[arg(long, value_name = "DIR", default_value = "/sys/kernel/debug")]
     pub debugfs: PathBuf,
@@ -155,6 +158,14 @@ fn debugfs_scratch(debugfs: &Path) -> anyhow::Result<Vec<PhysRange>> {
     phys.iter().zip(&len).map(|(&p, &l)| parse_area(&format!("{p:#x}:{l:#x}")).map_err(anyhow::Error::msg)).collect()
 }
 
+/// The ACPI RSDP address from `/sys/firmware/efi/systab` (`ACPI20=0x...`, else `ACPI=0x...`).
+fn efi_rsdp(systab: &str) -> Option<u64> {
+    let find = |key: &str| {
+        systab.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| parse_num(v).ok()).filter(|&v| v != 0)
+    };
+    find("ACPI20=").or_else(|| find("ACPI="))
+}
+
 /// The kexec-metadata to write: this kernel's release and its incoming count + 1.
 fn metadata(debugfs: &Path) -> (String, u32) {
     let release =
@@ -196,8 +207,26 @@ pub fn run(a: KexecArgs) -> anyhow::Result<ExitCode> {
     };
     kho_boot::check_cmdline(&bz, &cmdline)?;
     let fw_bytes = fs::read(&a.boot_params).with_context(|| format!("cannot read {}", a.boot_params.display()))?;
-    let firmware = BootParams::from_bytes(&fw_bytes).with_context(|| format!("{}", a.boot_params.display()))?;
+    let mut firmware = BootParams::from_bytes(&fw_bytes).with_context(|| format!("{}", a.boot_params.display()))?;
+    if firmware.acpi_rsdp_addr.get() == 0 {
+        // Booted through EFI, the kernel found the RSDP in the EFI tables; the next kernel gets
+        // no EFI data from us, so hand it the RSDP directly (as Linux's own loader does).
+        if let Some(rsdp) = fs::read_to_string(&a.efi_systab).ok().as_deref().and_then(efi_rsdp) {
+            firmware.acpi_rsdp_addr.set(rsdp);
+        }
+    }
     let ram = firmware.ram_ranges();
+    if usize::from(firmware.e820_entries) == kho_boot::bootparams::E820_MAX_ENTRIES {
+        eprintln!(
+            "kho kexec: note: the zero page's e820 table is full (128 entries); entries the firmware passed beyond \
+             it (SETUP_E820_EXT) are not carried over"
+        );
+    }
+    if a.efi_systab.exists() {
+        eprintln!(
+            "kho kexec: note: EFI boot: the next kernel gets the ACPI RSDP but no EFI memory map or runtime services"
+        );
+    }
     if ram.is_empty() {
         bail!("{}: no RAM in the e820 table", a.boot_params.display());
     }
@@ -500,5 +529,12 @@ mod tests {
         assert_eq!((r.start().as_u64(), r.len()), (0x200_0000, 32 << 20));
         assert!(parse_area("0x2000001:32M").is_err());
         assert!(parse_area("0x2000000").is_err());
+    }
+
+    #[test]
+    fn rsdp_from_efi_systab() {
+        assert_eq!(efi_rsdp("SMBIOS3=0x7f9c7000\nACPI20=0x7fb7e014\nACPI=0x7fb7e000\n"), Some(0x7fb7_e014));
+        assert_eq!(efi_rsdp("ACPI=0xf5a20\n"), Some(0xf_5a20));
+        assert_eq!(efi_rsdp("SMBIOS=0x1\nACPI20=junk\n"), None);
     }
 }

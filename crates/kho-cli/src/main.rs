@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod convert;
 mod demo;
 mod inspect;
@@ -59,6 +60,12 @@ Exit status: 0 valid; 1 invalid (every problem is named: field, address, value, 
   kho convert --fdt fdt.dtb --mem ram.img@0 --to v1 --out-dir out/
   kho inspect --fdt out/fdt.dtb --mem out/mem.img@0           the same preserved set")]
     Convert(convert::ConvertArgs),
+    /// Measure the engine against models of Linux 6.16 and 7.3 and the hardware floor.
+    #[command(after_help = "Examples:
+  kho bench                                  small sweep (1-4 GiB), results in docs/bench/
+  kho bench --size full --out /tmp/b         1 GiB to 1 TiB (about 4 GiB of memory)
+  kho bench --json --no-demo                 the report as JSON on stdout")]
+    Bench(bench::BenchArgs),
     /// Load the next Linux with kexec_load and hand it memory preserved by this project's engine.
     #[command(after_help = "Examples:
   kho kexec --kernel bzImage --initrd initrd.cpio --append 'console=ttyS0 kho=on' --dry-run
@@ -87,6 +94,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a, inspect::Mode::Inspect),
         Command::Validate(a) => inspect::run(a, inspect::Mode::Validate),
         Command::Convert(a) => convert::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Kexec(a) => kexec::run(a),
         Command::Kernel(a) => demo::kernel(a),
     };

@@ -109,7 +109,9 @@ impl BlockSet {
                 self.counts.remove(&order);
             }
         }
-        if u.iter().all(|&w| w == 0) {
+        // Only a word that just became empty can make the unit empty: restoring a dense
+        // unit in order scans it once per 64 blocks, not once per block.
+        if u[word] == 0 && u.iter().all(|&w| w == 0) {
             units.remove(&unit);
             if units.is_empty() {
                 self.orders.remove(&order);

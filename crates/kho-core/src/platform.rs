@@ -129,10 +129,17 @@ impl<T: PhysRead + ?Sized> PhysRead for &T {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
         (**self).read_phys(phys, buf)
     }
+    // Forwarded so a platform's fast word access is kept behind a reference.
+    fn read_u64(&self, phys: PhysAddr) -> Result<u64, MemError> {
+        (**self).read_u64(phys)
+    }
 }
 impl<T: PhysWrite + ?Sized> PhysWrite for &T {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
         (**self).write_phys(phys, data)
+    }
+    fn write_u64(&self, phys: PhysAddr, value: u64) -> Result<(), MemError> {
+        (**self).write_u64(phys, value)
     }
 }
 impl<T: MetaAlloc + ?Sized> MetaAlloc for &T {

@@ -99,10 +99,12 @@ struct Pool {
     live: BTreeSet<u64>,
     allocs: u64,
     fail_at: Option<u64>,
+    writes: u64,
+    fail_write_at: Option<u64>,
 }
 
 /// A test platform: [`SparseMem`] plus a metadata page pool carved from one range, with
-/// fault injection ("the n-th allocation from now fails").
+/// fault injection ("the n-th allocation from now fails", "the n-th write from now fails").
 #[derive(Debug)]
 pub struct TestPlatform {
     /// The memory.
@@ -130,6 +132,18 @@ impl TestPlatform {
     pub fn alloc_attempts(&self) -> u64 {
         self.pool.lock().allocs
     }
+    /// Makes write number `n` (0-based, counted from now) fail with a write [`MemError`];
+    /// `None` disables.
+    pub fn fail_write_at(&self, n: Option<u64>) {
+        let mut p = self.pool.lock();
+        p.writes = 0;
+        p.fail_write_at = n;
+    }
+    /// Writes attempted since the last [`TestPlatform::fail_write_at`].
+    #[must_use]
+    pub fn write_attempts(&self) -> u64 {
+        self.pool.lock().writes
+    }
     /// Metadata pages currently allocated.
     #[must_use]
     pub fn live_meta_pages(&self) -> BTreeSet<u64> {
@@ -144,6 +158,13 @@ impl PhysRead for TestPlatform {
 }
 impl PhysWrite for TestPlatform {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
+        let mut p = self.pool.lock();
+        let n = p.writes;
+        p.writes += 1;
+        if p.fail_write_at == Some(n) {
+            return Err(MemError::write(phys, data.len() as u64));
+        }
+        drop(p);
         self.mem.write_phys(phys, data)
     }
 }

@@ -45,6 +45,29 @@ impl PhysAddr {
             None => None,
         }
     }
+    /// `self + bytes`, stopping at the top of the address space.
+    #[must_use]
+    pub const fn saturating_add(self, bytes: u64) -> Self {
+        Self(self.0.saturating_add(bytes))
+    }
+    /// Rounded down to a multiple of `align` (a power of two).
+    #[must_use]
+    pub const fn align_down(self, align: u64) -> Self {
+        Self(self.0 & !align.wrapping_sub(1))
+    }
+    /// Rounded up to a multiple of `align` (a power of two), or `None` past 2^64.
+    #[must_use]
+    pub const fn align_up(self, align: u64) -> Option<Self> {
+        match self.0.checked_add(align.wrapping_sub(1)) {
+            Some(v) => Some(Self(v & !align.wrapping_sub(1))),
+            None => None,
+        }
+    }
+    /// The page this address lies in.
+    #[must_use]
+    pub const fn page_base(self) -> Self {
+        self.align_down(PAGE_SIZE)
+    }
     /// `self - other` in bytes, or `None` if `other > self`.
     #[must_use]
     pub const fn checked_offset_from(self, other: Self) -> Option<u64> {

@@ -25,10 +25,11 @@
 //! `WalkContext` and its visited-page count must stay within two pages of the clean walk.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::mem::{offset_of, size_of};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use kho_core::fdt::{FdtNode, FdtTree};
-use kho_core::format::{BitmapBytes, FormatVersion, Limits, WalkContext, root, v1, v4};
+use kho_core::format::{BitmapBytes, FormatVersion, Limits, WalkContext, abi, root, v1, v4};
 use kho_core::testing::{RecordingMap, TestPlatform};
 use kho_core::{
     Block, BlockSet, DecodeError, DecodeErrorKind, Field, Handover, HandoverPtr, IncomingConfig, Kho, Order,
@@ -113,32 +114,50 @@ const fn fd(name: &'static str, offset: u64, width: Width, field: Field, kind: K
     FieldDesc { name, offset, width, field, kind }
 }
 
+/// A field of an ABI type: offset and width taken from the type itself (`kho_core::format::abi`),
+/// so the matrix cannot drift from the layout the decoders use.
+macro_rules! abi_field {
+    ($name:literal, $ty:ty, $f:ident, $field:expr, $kind:expr) => {{
+        let width = match size_of_field(|t: &$ty| &t.$f) {
+            4 => Width::U32,
+            8 => Width::U64,
+            _ => panic!("unexpected field width"),
+        };
+        fd($name, offset_of!($ty, $f) as u64, width, $field, $kind)
+    }};
+}
+
+/// The size of the field a projection returns (the closure is never called).
+const fn size_of_field<T, F>(_: fn(&T) -> &F) -> usize {
+    size_of::<F>()
+}
+
 /// `struct kho_data` (x86 setup_data payload; the same four values DT passes in `/chosen`).
 const KHO_DATA: &[FieldDesc] = &[
-    fd("kho_data.fdt_addr", 0, Width::U64, Field::RootFdt, Kind::Pointer),
-    fd("kho_data.fdt_size", 8, Width::U64, Field::RootFdt, Kind::Size),
-    fd("kho_data.scratch_addr", 16, Width::U64, Field::ScratchArray, Kind::Pointer),
-    fd("kho_data.scratch_size", 24, Width::U64, Field::ScratchArray, Kind::Size),
+    abi_field!("kho_data.fdt_addr", abi::KhoData, fdt_addr, Field::RootFdt, Kind::Pointer),
+    abi_field!("kho_data.fdt_size", abi::KhoData, fdt_size, Field::RootFdt, Kind::Size),
+    abi_field!("kho_data.scratch_addr", abi::KhoData, scratch_addr, Field::ScratchArray, Kind::Pointer),
+    abi_field!("kho_data.scratch_size", abi::KhoData, scratch_size, Field::ScratchArray, Kind::Size),
 ];
 /// `struct kho_scratch`, repeated every 16 bytes.
 const SCRATCH_ENTRY: &[FieldDesc] = &[
-    fd("kho_scratch.addr", 0, Width::U64, Field::ScratchEntry, Kind::Pointer),
-    fd("kho_scratch.size", 8, Width::U64, Field::ScratchEntry, Kind::Size),
+    abi_field!("kho_scratch.addr", abi::KhoScratch, addr, Field::ScratchEntry, Kind::Pointer),
+    abi_field!("kho_scratch.size", abi::KhoScratch, size, Field::ScratchEntry, Kind::Size),
 ];
-const SCRATCH_STRIDE: u64 = 16;
+const SCRATCH_STRIDE: u64 = size_of::<abi::KhoScratch>() as u64;
 /// `khoser_mem_chunk_hdr`.
 const CHUNK_HEADER: &[FieldDesc] = &[
-    fd("chunk.hdr.next", 0, Width::U64, Field::ChunkNext, Kind::Pointer),
-    fd("chunk.hdr.order", 8, Width::U32, Field::ChunkOrder, Kind::Order),
-    fd("chunk.hdr.num_elms", 12, Width::U32, Field::ChunkNumElms, Kind::Count),
+    abi_field!("chunk.hdr.next", abi::ChunkHeader, next, Field::ChunkNext, Kind::Pointer),
+    abi_field!("chunk.hdr.order", abi::ChunkHeader, order, Field::ChunkOrder, Kind::Order),
+    abi_field!("chunk.hdr.num_elms", abi::ChunkHeader, num_elms, Field::ChunkNumElms, Kind::Count),
 ];
 /// `khoser_mem_bitmap_ptr`, repeated every 16 bytes after the header.
 const CHUNK_ENTRY: &[FieldDesc] = &[
-    fd("chunk.bitmaps[i].phys_start", 0, Width::U64, Field::ChunkPhysStart, Kind::Base),
-    fd("chunk.bitmaps[i].bitmap", 8, Width::U64, Field::ChunkBitmap, Kind::Pointer),
+    abi_field!("chunk.bitmaps[i].phys_start", abi::BitmapPtr, phys_start, Field::ChunkPhysStart, Kind::Base),
+    abi_field!("chunk.bitmaps[i].bitmap", abi::BitmapPtr, bitmap, Field::ChunkBitmap, Kind::Pointer),
 ];
-const CHUNK_ENTRIES_AT: u64 = 16;
-const CHUNK_ENTRY_STRIDE: u64 = 16;
+const CHUNK_ENTRIES_AT: u64 = offset_of!(abi::Chunk, bitmaps) as u64;
+const CHUNK_ENTRY_STRIDE: u64 = size_of::<abi::BitmapPtr>() as u64;
 /// One word of a kho-v1 bitmap.
 const V1_BITMAP_WORD: &[FieldDesc] = &[fd("bitmap word", 0, Width::U64, Field::Block, Kind::Bits)];
 /// One entry of a `kho_radix_node` table.
@@ -373,7 +392,7 @@ impl Fixture {
         let earlier = |at: u64| if at == first { None } else { Some(first) };
         while chunk != 0 {
             let next = self.u64_at(chunk);
-            let num = u64::from(self.u32_at(chunk + 12));
+            let num = u64::from(self.u32_at(chunk + offset_of!(abi::ChunkHeader, num_elms) as u64));
             for d in CHUNK_HEADER {
                 let role = match d.field {
                     Field::ChunkNext if next == 0 => Role::LastChunkNext,
@@ -405,7 +424,7 @@ impl Fixture {
                         true,
                     ));
                 }
-                let bm = self.u64_at(entry + 8);
+                let bm = self.u64_at(entry + offset_of!(abi::BitmapPtr, bitmap) as u64);
                 for w in 0..self.bitmap.words() as u64 {
                     if self.u64_at(bm + w * 8) != 0 {
                         let d = &V1_BITMAP_WORD[0];
@@ -1062,7 +1081,10 @@ fn fixtures_have_multi_chunk_lists() {
         let mut chunk = fx.root().memory_map.as_u64();
         let mut orders = Vec::new();
         while chunk != 0 {
-            orders.push((fx.u32_at(chunk + 8), fx.u32_at(chunk + 12)));
+            orders.push((
+                fx.u32_at(chunk + offset_of!(abi::ChunkHeader, order) as u64),
+                fx.u32_at(chunk + offset_of!(abi::ChunkHeader, num_elms) as u64),
+            ));
             chunk = fx.u64_at(chunk);
         }
         assert_eq!(orders[..2], [(0, 255), (0, 263 - 255)], "{bitmap:?}: {orders:?}");

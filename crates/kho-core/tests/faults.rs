@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use kho_core::outgoing::Stats;
 use kho_core::testing::{RecordingMap, TestPlatform};
 use kho_core::{
-    BitmapBytes, Block, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, OutgoingError, PAGE_SIZE,
-    Pfn, PhysAddr, PhysRange, PhysWrite, Result,
+    Access, BitmapBytes, Block, FormatVersion, Handover, IncomingConfig, Kho, MemError, Order, OutgoingConfig,
+    OutgoingError, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysWrite, Result,
 };
 
 const MIB: u64 = 1 << 20;
@@ -319,4 +319,102 @@ fn incoming_walk_and_restore_never_allocate() {
         assert_eq!(h.release_unclaimed(&mut map), 4 + 1 + 1);
         assert_eq!(plat.alloc_attempts(), 0, "{format:?}: the incoming side allocated");
     }
+}
+
+/// Makes write 0, 1, 2, ... of `op` fail until it needs no more, checking after each failure
+/// that the caller got the write error itself (not a rollback's) and that nothing changed:
+/// no page leaked, no block gained or lost. Returns how many writes the successful call made.
+fn sweep_writes<T: std::fmt::Debug>(
+    kho: &Kho<&TestPlatform>,
+    format: FormatVersion,
+    what: &str,
+    op: impl Fn() -> Result<T, OutgoingError>,
+) -> (u64, T) {
+    let plat = kho.platform();
+    let before = snap(kho);
+    for n in 0.. {
+        assert!(n < 100_000, "{what}: no end to the writes");
+        plat.fail_write_at(Some(n));
+        let r = op();
+        let attempts = plat.write_attempts();
+        plat.fail_write_at(None);
+        match r {
+            Ok(v) => return (n, v),
+            Err(e) => {
+                assert!(
+                    matches!(e, OutgoingError::Memory { source: MemError { access: Access::Write, .. }, .. }),
+                    "{what}: write {n}: {e:?}"
+                );
+                assert!(attempts > n, "{what}: failed before reaching write {n}");
+                assert_eq!(snap(kho), before, "{what}: state changed by failing write {n}");
+                finalize_decode_abort(kho, format, &before.preserved);
+                assert_eq!(snap(kho), before, "{what}: finalize + abort after write failure {n}");
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn every_failing_write_is_reported_as_a_write_and_rolled_back() {
+    for (format, bitmap) in FORMATS {
+        let plat = platform();
+        let kho = engine(&plat, bitmap);
+        let mut model = BTreeSet::new();
+        seed(&kho, &mut model);
+        let (start, count) = (GIB + PAGE_SIZE, 3000);
+        let (n, ()) = sweep_writes(&kho, format, "preserve_pages", || kho.preserve_pages(pfn(start), count));
+        // One read-modify-write per block of the split.
+        assert_eq!(n, 18, "{format:?} {bitmap:?}");
+        model.extend(kho_core::split::split_range(pfn(start), count, order(10)));
+        let (n, ()) = sweep_writes(&kho, format, "unpreserve_pages", || kho.unpreserve_pages(pfn(start), count));
+        assert_eq!(n, 18, "{format:?} {bitmap:?}");
+        for b in kho_core::split::split_range(pfn(start), count, order(10)) {
+            model.remove(&b);
+        }
+        kho.preserve_pages(pfn(start), count).unwrap();
+        model.extend(kho_core::split::split_range(pfn(start), count, order(10)));
+        let (n, fin) = sweep_writes(&kho, format, "finalize", || kho.finalize(format));
+        assert!(n >= 3, "{format:?}: finalize wrote only {n} times");
+        assert_eq!(fin.preserved_blocks, model.len() as u64 + 1);
+        kho.abort().unwrap();
+        finalize_decode_abort(&kho, format, &model);
+        println!("write faults {format:?} {bitmap:?}: finalize made {n} writes, each failed once");
+    }
+}
+
+#[test]
+fn a_blob_owns_its_pages() {
+    let plat = platform();
+    let kho = engine(&plat, BitmapBytes::B512);
+    let mut model = BTreeSet::new();
+    add_blob(&kho, "owned", 3 * GIB, 3, &mut model);
+    let before = snap(&kho);
+    // Neither the blob's range, nor one page of it, nor its order-1 block can be unpreserved
+    // on its own: the handover would name a blob whose memory is not preserved.
+    assert_eq!(
+        kho.unpreserve_phys(PhysAddr::new(3 * GIB), 3 * PAGE_SIZE),
+        Err(OutgoingError::OwnedByBlob { block: blk(3 * GIB, 1), name: "owned".into() })
+    );
+    assert_eq!(
+        kho.unpreserve_folio(pfn(3 * GIB + 2 * PAGE_SIZE), Order::ZERO),
+        Err(OutgoingError::OwnedByBlob { block: blk(3 * GIB + 2 * PAGE_SIZE, 0), name: "owned".into() })
+    );
+    assert_eq!(
+        kho.unpreserve_folio(pfn(3 * GIB), order(1)),
+        Err(OutgoingError::OwnedByBlob { block: blk(3 * GIB, 1), name: "owned".into() })
+    );
+    assert_eq!(snap(&kho), before);
+    // The next kernel accepts the handover with the blob.
+    finalize_decode_abort(&kho, FormatVersion::V4, &model);
+    // Removing the blob gives its pages back.
+    kho.remove_subtree("owned").unwrap();
+    assert!(kho.preserved().unwrap().is_empty());
+}
+
+#[test]
+fn an_engine_without_scratch_is_refused() {
+    let plat = platform();
+    let cfg = OutgoingConfig::new(ram(), Vec::new());
+    assert_eq!(Kho::new(&plat, cfg).unwrap_err(), OutgoingError::NoScratch);
 }

@@ -16,7 +16,7 @@ use kho_core::{Block, BlockSet, Field, Order, PAGE_SIZE, PhysAddr, PhysRange, Ph
 const RAM_BYTES: u64 = 2 << 30;
 
 fn capture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/captures/linux-7.3.4-test_kho")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/captures/linux-7.3.4-test_kho")
 }
 
 fn read(name: &str) -> Vec<u8> {

@@ -5,11 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kho_core::split::split_range;
 use kho_core::testing::{RecordingMap, TestPlatform};
 use kho_core::{
-    Block, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, PAGE_SIZE, Pfn, PhysAddr, PhysRange,
-    RestoreError,
+    Block, FormatVersion, Handover, IncomingConfig, Kho, Order, OutgoingConfig, OutgoingError, PAGE_SIZE, Pfn,
+    PhysAddr, PhysRange, RestoreError,
 };
 use proptest::prelude::*;
 
@@ -67,17 +66,95 @@ struct Model {
     finalized: bool,
 }
 
+/// What the model expects a preserve of `blocks` to say: `None` for success, else the error
+/// the first offending block must give (checked in the engine's documented order: inside
+/// RAM, outside scratch, not overlapping anything preserved).
+#[derive(Debug, PartialEq)]
+enum Want {
+    Ok,
+    Finalized,
+    OutsideRam(Block),
+    InScratch(Block),
+    AlreadyPreserved(Block),
+    Overlap(Block),
+    OwnedByBlob(Block),
+    NotPreserved(Block),
+}
+
 impl Model {
-    fn free(&self, blocks: &[Block]) -> bool {
-        blocks.iter().all(|b| {
-            !b.range().overlaps(scratch())
-                && b.phys().as_u64() >= RAM_START
-                && b.range().end().as_u64() <= RAM_START + RAM_LEN
-                && !self.blocks.iter().any(|m| m.range().overlaps(b.range()))
-        })
+    fn preserve(&self, blocks: &[Block]) -> Want {
+        if self.finalized {
+            return Want::Finalized;
+        }
+        for &b in blocks {
+            if b.phys().as_u64() < RAM_START || b.range().end().as_u64() > RAM_START + RAM_LEN {
+                return Want::OutsideRam(b);
+            }
+            if b.range().overlaps(scratch()) {
+                return Want::InScratch(b);
+            }
+            if self.blocks.contains(&b) {
+                return Want::AlreadyPreserved(b);
+            }
+            if self.blocks.iter().any(|m| m.range().overlaps(b.range())) {
+                return Want::Overlap(b);
+            }
+        }
+        Want::Ok
     }
+    fn unpreserve(&self, blocks: &[Block]) -> Want {
+        if self.finalized {
+            return Want::Finalized;
+        }
+        for &b in blocks {
+            if self.blobs.values().any(|&(bp, bn)| b.pfn().as_u64() < bp + bn && bp < b.end_pfn()) {
+                return Want::OwnedByBlob(b);
+            }
+            if !self.blocks.contains(&b) {
+                return Want::NotPreserved(b);
+            }
+        }
+        Want::Ok
+    }
+    /// The model's own split of `n` pages from `p`: at each step the largest naturally
+    /// aligned block that fits, capped at the maximum order (written here independently of
+    /// `kho_core::split`).
     fn split(p: u64, n: u64) -> Vec<Block> {
-        split_range(pfn(p), n, order(MAX_ORDER)).collect()
+        let (mut at, end, mut out) = (p, p + n, Vec::new());
+        while at < end {
+            let mut o = 0;
+            while o < MAX_ORDER && at % (2 << o) == 0 && at + (2 << o) <= end {
+                o += 1;
+            }
+            out.push(Block::new(pfn(at), order(o)).unwrap());
+            at += 1 << o;
+        }
+        out
+    }
+}
+
+/// The engine's answer, in the model's terms.
+fn got(r: Result<(), OutgoingError>) -> Want {
+    match r {
+        Ok(()) => Want::Ok,
+        Err(OutgoingError::Finalized) => Want::Finalized,
+        Err(OutgoingError::OutsideRam { range, .. }) => {
+            Want::OutsideRam(Block::at(range.start(), Order::ZERO).unwrap())
+        }
+        Err(OutgoingError::InScratch { at, .. }) => Want::InScratch(Block::at(at, Order::ZERO).unwrap()),
+        Err(OutgoingError::AlreadyPreserved { block }) => Want::AlreadyPreserved(block),
+        Err(OutgoingError::Overlap { block, .. }) => Want::Overlap(block),
+        Err(OutgoingError::OwnedByBlob { block, .. }) => Want::OwnedByBlob(block),
+        Err(OutgoingError::NotPreserved { block }) => Want::NotPreserved(block),
+        Err(e) => panic!("unexpected error {e:?}"),
+    }
+}
+
+/// Compares ignoring the order of range errors (their messages name the range, not the block).
+fn same(want: &Want, got: &Want) -> bool {
+    match (want, got) {
+        (Want::OutsideRam(a), Want::OutsideRam(b)) | (Want::InScratch(a), Want::InScratch(b)) => a.phys() == b.phys(),
+        _ => want == got,
     }
 }
 
@@ -106,55 +183,47 @@ fn run(ops: Vec<Op>, format: FormatVersion, bitmap: kho_core::BitmapBytes) -> Re
             Op::PreserveFolio(p, o) => {
                 let r = kho.preserve_folio(pfn(p), order(o));
                 let b = Block::new(pfn(p), order(o)).unwrap();
-                let ok = !m.finalized && o <= MAX_ORDER && m.free(&[b]);
-                prop_assert_eq!(r.is_ok(), ok, "{:?} -> {:?}", op, r);
-                if ok {
+                if o > MAX_ORDER {
+                    prop_assert!(matches!(r, Err(OutgoingError::OrderTooLarge { .. })), "{:?} -> {:?}", op, r);
+                    continue;
+                }
+                let want = m.preserve(&[b]);
+                let g = got(r);
+                prop_assert!(same(&want, &g), "{:?}: want {:?}, got {:?}", op, want, g);
+                if want == Want::Ok {
                     m.blocks.insert(b);
                 }
             }
             Op::UnpreserveFolio(p, o) => {
                 let r = kho.unpreserve_folio(pfn(p), order(o));
                 let b = Block::new(pfn(p), order(o)).unwrap();
-                let ok = !m.finalized
-                    && m.blocks.contains(&b)
-                    && !m.blobs.values().any(|&(bp, bn)| Model::split(bp, bn).contains(&b));
-                if ok {
-                    prop_assert!(r.is_ok(), "{:?} -> {:?}", op, r);
+                let want = m.unpreserve(&[b]);
+                let g = got(r);
+                prop_assert_eq!(&g, &want, "{:?}", op);
+                if want == Want::Ok {
                     m.blocks.remove(&b);
-                } else if !m.blocks.contains(&b) || m.finalized {
-                    prop_assert!(r.is_err());
-                } else {
-                    // The engine lets callers unpreserve a blob's page; keep the model in step.
-                    prop_assert!(r.is_ok());
-                    m.blocks.remove(&b);
-                    m.blobs.retain(|_, &mut (bp, bn)| !Model::split(bp, bn).contains(&b));
-                    return Ok(());
                 }
             }
             Op::PreservePages(p, n) => {
                 let blocks = Model::split(p, n);
                 let r = kho.preserve_pages(pfn(p), n);
-                let ok = !m.finalized && m.free(&blocks);
-                prop_assert_eq!(r.is_ok(), ok, "{:?} -> {:?}", op, r);
-                if ok {
+                let want = m.preserve(&blocks);
+                let g = got(r);
+                prop_assert!(same(&want, &g), "{:?}: want {:?}, got {:?}", op, want, g);
+                if want == Want::Ok {
                     m.blocks.extend(blocks);
                 }
             }
             Op::UnpreservePages(p, n) => {
                 let blocks = Model::split(p, n);
                 let r = kho.unpreserve_pages(pfn(p), n);
-                let ok = !m.finalized
-                    && blocks.iter().all(|b| m.blocks.contains(b))
-                    && !m.blobs.values().any(|&(bp, bn)| Model::split(bp, bn).iter().any(|b| blocks.contains(b)));
-                if ok {
-                    prop_assert!(r.is_ok(), "{:?} -> {:?}", op, r);
+                let want = m.unpreserve(&blocks);
+                let g = got(r);
+                prop_assert_eq!(&g, &want, "{:?}", op);
+                if want == Want::Ok {
                     for b in &blocks {
                         m.blocks.remove(b);
                     }
-                } else if m.finalized || !blocks.iter().all(|b| m.blocks.contains(b)) {
-                    prop_assert!(r.is_err());
-                } else {
-                    return Ok(());
                 }
             }
             Op::AddBlob(i, p, n) => {
@@ -167,7 +236,7 @@ fn run(ops: Vec<Op>, format: FormatVersion, bitmap: kho_core::BitmapBytes) -> Re
                         .unwrap();
                 let _ = kho_core::PhysWrite::write_phys(&plat, pfn(p).phys(), &dtb);
                 let r = kho.add_subtree(&name, pfn(p).phys(), n * PAGE_SIZE);
-                let ok = !m.finalized && !m.blobs.contains_key(&name) && m.free(&blocks);
+                let ok = !m.finalized && !m.blobs.contains_key(&name) && m.preserve(&blocks) == Want::Ok;
                 prop_assert_eq!(r.is_ok(), ok, "{:?} -> {:?}", op, r);
                 if ok {
                     m.blocks.extend(blocks);

@@ -8,7 +8,7 @@ use kho_core::format::{BitmapBytes, FormatVersion, Limits, WalkContext, v1};
 use kho_core::testing::{SparseMem, TestPlatform};
 use kho_core::{Block, BlockSet, Kho, Order, OutgoingConfig, PhysAddr, PhysRange, PhysRead};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/spec-examples/v1-small");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/spec-examples/v1-small");
 
 fn expected_blocks() -> BTreeSet<(u64, u32)> {
     let json = std::fs::read_to_string(format!("{DIR}/expected.json")).unwrap();
@@ -62,7 +62,8 @@ fn encoder_writes_the_worked_example_bytes() {
     // placement, which our allocator reproduces when preserving in ascending order.
     let ram = ram();
     let plat = TestPlatform::new(&ram, PhysRange::new(PhysAddr::new(0x10_0000), 0x10_0000).unwrap());
-    let mut cfg = OutgoingConfig::new(ram.clone(), vec![]);
+    let scratch = PhysRange::new(PhysAddr::new(0x1_fff0_0000), 0x10_0000).unwrap();
+    let mut cfg = OutgoingConfig::new(ram.clone(), vec![scratch]);
     cfg.max_order = Order::new(18).unwrap();
     let kho = Kho::new(&plat, cfg).unwrap();
     let mut by_order: Vec<(u64, u32)> = expected_blocks().into_iter().collect();

@@ -1,7 +1,8 @@
 //! x86 `struct boot_params` (the "zero page", Linux `Documentation/arch/x86/zero-page.rst`
-//! and `boot.rst`): what the loader hands the mini kernel in `rsi`, and what the mini kernel
-//! builds for the next Linux. Only the fields this kernel reads or writes are named; every
-//! offset is a fact of the boot protocol.
+//! and `boot.rst`) as the mini kernel receives it in `rsi`: decoded defensively (magic,
+//! entry count, bounded `setup_data` walk). The next Linux's zero page is built by
+//! `kho-boot`, the user-space loader's crate. Only the fields this kernel reads or writes
+//! are named; every offset is a fact of the boot protocol.
 
 use alloc::vec::Vec;
 
@@ -78,6 +79,7 @@ pub const MAX_SETUP_DATA: usize = 64;
 /// Bytes of a `struct setup_data` header (`next`, `type`, `len`).
 pub const SETUP_DATA_HEADER: u64 = 16;
 
+#[cfg(test)]
 pub(crate) fn le16(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
@@ -259,54 +261,6 @@ pub fn read_cmdline<M: PhysRead + ?Sized>(mem: &M, at: PhysAddr, max: usize) -> 
     Ok(out)
 }
 
-/// Where the pieces of the next boot are, for [`build_boot_params`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NextBoot {
-    /// Command line (NUL-terminated) and its length without the NUL.
-    pub cmdline: PhysAddr,
-    /// The initrd, if any.
-    pub initrd: Option<PhysRange>,
-    /// Head of the `setup_data` chain.
-    pub setup_data: PhysAddr,
-}
-
-/// Builds the zero page for the next Linux: the firmware part (e820 table, screen info, ACPI
-/// RSDP, ...) from `base`, the setup header from the kernel's own image (`kernel_setup` is
-/// the bzImage's first sectors), then the loader fields: `type_of_loader` 0xff ("undefined"),
-/// command line, initrd, and the `setup_data` chain.
-///
-/// # Errors
-/// [`MiniError::BadValue`] if the kernel's header is not a bzImage setup header that fits.
-pub fn build_boot_params(
-    base: &[u8; BOOT_PARAMS_BYTES],
-    kernel_setup: &[u8],
-    next: &NextBoot,
-) -> Result<[u8; BOOT_PARAMS_BYTES]> {
-    let mut bp = *base;
-    let jump = *kernel_setup.get(HEADER_JUMP).ok_or_else(|| bad("bzImage setup header", 0, 0, "a setup header"))?;
-    let end = HEADER_MAGIC + jump as usize;
-    if end > kernel_setup.len() || end > E820_TABLE {
-        return Err(bad("bzImage hdr jump", HEADER_JUMP as u64, end as u64, "a setup header that ends before 0x2d0"));
-    }
-    bp[SETUP_HEADER..end].copy_from_slice(&kernel_setup[SETUP_HEADER..end]);
-    bp[SENTINEL] = 0;
-    bp[TYPE_OF_LOADER] = 0xff;
-    bp[LOADFLAGS] |= LOADED_HIGH;
-    let split = |v: u64| ((v & 0xffff_ffff) as u32, (v >> 32) as u32);
-    let (lo, hi) = split(next.cmdline.as_u64());
-    put32(&mut bp, CMD_LINE_PTR, lo);
-    put32(&mut bp, EXT_CMD_LINE_PTR, hi);
-    let (addr, size) = next.initrd.map_or((0, 0), |r| (r.start().as_u64(), r.len()));
-    let (lo, hi) = split(addr);
-    put32(&mut bp, RAMDISK_IMAGE, lo);
-    put32(&mut bp, EXT_RAMDISK_IMAGE, hi);
-    let (lo, hi) = split(size);
-    put32(&mut bp, RAMDISK_SIZE, lo);
-    put32(&mut bp, EXT_RAMDISK_SIZE, hi);
-    put64(&mut bp, SETUP_DATA, next.setup_data.as_u64());
-    Ok(bp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,42 +357,5 @@ mod tests {
         // A node outside memory.
         let e = walk_setup_data(&mem, PhysAddr::new(0x10_0000)).unwrap_err();
         assert!(matches!(e, MiniError::Unreadable { what: "setup_data", .. }), "{e}");
-    }
-
-    #[test]
-    fn next_boot_params_take_header_from_kernel_and_firmware_part_from_base() {
-        let mut base = zero_page();
-        e820(&mut base, &[(0, 0x9fc00, 1), (0x10_0000, 0x3ff0_0000, 1)]);
-        put64(&mut base, 0x070, 0xf_5a40); // acpi_rsdp_addr
-        put64(&mut base, SETUP_DATA, 0xdead_0000); // the old chain must not survive
-        base[SENTINEL] = 0xff;
-        let mut setup = vec![0u8; 0x400];
-        setup[SETUP_HEADER] = 27; // setup_sects
-        put16(&mut setup, BOOT_FLAG, 0xaa55);
-        setup[HEADER_JUMP] = 0x6a;
-        put32(&mut setup, HEADER_MAGIC, HDRS);
-        put16(&mut setup, VERSION, 0x020f);
-        put32(&mut setup, INIT_SIZE, 0x250_0000);
-        let next = NextBoot {
-            cmdline: PhysAddr::new(0x1_0000_1000),
-            initrd: PhysRange::new(PhysAddr::new(0x3000_0000), 0x12_3456),
-            setup_data: PhysAddr::new(0x2000),
-        };
-        let bp = build_boot_params(&base, &setup, &next).unwrap();
-        assert_eq!(bp[SETUP_HEADER], 27);
-        assert_eq!(le16(&bp, VERSION), 0x020f);
-        assert_eq!(le32(&bp, INIT_SIZE), 0x250_0000);
-        assert_eq!(bp[TYPE_OF_LOADER], 0xff);
-        assert_eq!(bp[SENTINEL], 0);
-        assert_eq!(le64(&bp, 0x070), 0xf_5a40);
-        assert_eq!(bp[E820_ENTRIES], 2);
-        let info = BootInfo::parse(&bp, PhysAddr::new(0)).unwrap();
-        assert_eq!(info.cmdline, PhysAddr::new(0x1_0000_1000));
-        assert_eq!(info.initrd, next.initrd);
-        assert_eq!(info.setup_data, PhysAddr::new(0x2000));
-        assert_eq!(info.ram().len(), 2);
-        // A header that claims to run into the e820 table is refused.
-        setup[HEADER_JUMP] = 0xff;
-        assert!(build_boot_params(&base, &setup, &next).is_err());
     }
 }

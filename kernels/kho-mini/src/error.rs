@@ -37,6 +37,17 @@ pub enum MiniError {
     },
     /// The engine refused something.
     Kho(kho_core::Error),
+    /// kho-boot refused the next kernel's image.
+    Boot(kho_boot::BootError),
+    /// A folio was preserved with another order than the one its producer listed.
+    OrderMismatch {
+        /// The folio.
+        phys: PhysAddr,
+        /// Order it was preserved with.
+        preserved: u32,
+        /// Order listed in the blob.
+        listed: u32,
+    },
     /// The folios do not match what their producer recorded.
     Verify {
         /// What differs.
@@ -59,6 +70,10 @@ impl fmt::Display for MiniError {
                 write!(f, "{what}: no free memory for {size:#x} bytes aligned to {align:#x}")
             }
             MiniError::Kho(e) => write!(f, "{e}"),
+            MiniError::Boot(e) => write!(f, "next kernel: {e}"),
+            MiniError::OrderMismatch { phys, preserved, listed } => {
+                write!(f, "kho_test folio at {phys}: preserved as order {preserved}, listed as order {listed}")
+            }
             MiniError::Verify { what, found, expected } => {
                 write!(f, "{what}: found {found:#x}, expected {expected:#x}")
             }
@@ -69,6 +84,30 @@ impl fmt::Display for MiniError {
 impl From<kho_core::Error> for MiniError {
     fn from(e: kho_core::Error) -> Self {
         MiniError::Kho(e)
+    }
+}
+
+impl From<kho_boot::BootError> for MiniError {
+    fn from(e: kho_boot::BootError) -> Self {
+        MiniError::Boot(e)
+    }
+}
+
+impl From<kho_core::DecodeError> for MiniError {
+    fn from(e: kho_core::DecodeError) -> Self {
+        MiniError::Kho(e.into())
+    }
+}
+
+impl From<kho_core::OutgoingError> for MiniError {
+    fn from(e: kho_core::OutgoingError) -> Self {
+        MiniError::Kho(e.into())
+    }
+}
+
+impl From<kho_core::RestoreError> for MiniError {
+    fn from(e: kho_core::RestoreError) -> Self {
+        MiniError::Kho(e.into())
     }
 }
 

@@ -27,12 +27,15 @@ use kho_core::{
     Block, Handover, IncomingConfig, Kho, Order, OutgoingConfig, PAGE_SIZE, PhysAddr, PhysRange, PhysRead, PhysWrite,
 };
 
-use crate::bootparams::{self, BOOT_PARAMS_BYTES, BootInfo, NextBoot, SetupData};
-use crate::bzimage::{BzImage, ENTRY_64_OFFSET, MAX_SETUP_BYTES};
+use crate::bootparams::{self, BOOT_PARAMS_BYTES, BootInfo, SetupData};
+use crate::bzimage::ENTRY_64_OFFSET;
 use crate::error::{MiniError, Result, bad};
 use crate::memory::{ALLOC_FLOOR, FreeMap, MiniPlatform, Zone};
 use crate::payload::{self, Payload};
+use kho_boot::bootparams::BootLayout;
+use kho_boot::bzimage::BzImage;
 use kho_core::format::csum::csum_partial;
+use zerocopy::IntoBytes;
 
 /// What this kernel calls itself in the `kexec-metadata` blob it hands over.
 pub const RELEASE: &str = concat!("kho-mini-", env!("CARGO_PKG_VERSION"));
@@ -44,6 +47,8 @@ pub const OWN_FOLIO_ORDERS: [u32; 6] = [0, 1, 2, 3, 0, 4];
 /// of MiB; test_kho's blob is one page and its array 8 bytes per folio, so 1 MiB is 128k
 /// folios). Larger claims are refused with a typed error instead of exhausting the heap.
 pub const MINI_BLOB_LIMIT: u64 = 1 << 20;
+/// Largest next kernel read from the payload (a distribution bzImage is about 15 MiB).
+pub const MAX_NEXT_KERNEL: u64 = 64 << 20;
 /// Scratch areas invented on a cold boot are aligned to 4 MiB, as Linux 7.3 aligns its own.
 pub const SCRATCH_ALIGN: u64 = 4 << 20;
 /// Largest scratch area invented on a cold boot.
@@ -242,10 +247,10 @@ fn check_test_blob<M: PhysWrite>(
     for &f in &folios {
         let got = h.restore_folio(plat, f.phys())?;
         if got.order() != f.order() {
-            return Err(MiniError::Verify {
-                what: "kho_test folio order",
-                found: got.order().as_u32().into(),
-                expected: f.order().as_u32().into(),
+            return Err(MiniError::OrderMismatch {
+                phys: f.phys(),
+                preserved: got.order().as_u32(),
+                listed: f.order().as_u32(),
             });
         }
         for i in 0..f.order().nr_pages() {
@@ -550,20 +555,22 @@ pub fn prepare_next<M: PhysWrite, W: Write>(
     }
     let hdr = read_vec(plat, "payload", pay.start(), payload::HEADER_BYTES.min(pay.len() as usize))?;
     let p = Payload::parse(&hdr, pay.len(), base)?;
-    let head_len = p.kernel.1.min(MAX_SETUP_BYTES as u64) as usize;
-    let head = read_vec(plat, "payload kernel", PhysAddr::new(base + p.kernel.0), head_len)?;
-    let bz = BzImage::parse(&head, p.kernel.1)?;
-    // Both are below the payload's length, itself inside RAM: no overflow.
-    let size = bz.init_size.next_multiple_of(PAGE_SIZE);
-    let align = bz.alignment.max(PAGE_SIZE);
-    let kernel = if bz.relocatable {
+    if p.kernel.1 > MAX_NEXT_KERNEL {
+        return Err(bad("payload kernel", base + 24, p.kernel.1, "a kernel of at most 64 MiB"));
+    }
+    // kho-boot (the user-space loader's crate) checks the bzImage and builds the zero page.
+    let file = read_vec(plat, "payload kernel", PhysAddr::new(base + p.kernel.0), p.kernel.1 as usize)?;
+    let bz = BzImage::parse(&file)?;
+    let size = bz.init_size().max(bz.kernel().len() as u64).next_multiple_of(PAGE_SIZE);
+    let align = bz.alignment().max(PAGE_SIZE);
+    let kernel = if bz.relocatable() {
         plat.alloc_anywhere(size, align)
     } else {
-        let want = PhysRange::new(PhysAddr::new(bz.pref_address), size);
+        let want = PhysRange::new(PhysAddr::new(bz.pref_address()), size);
         want.filter(|w| plat.free_map().ranges().iter().any(|f| f.contains_range(*w)))
     }
     .ok_or(MiniError::NoRoom { what: "next kernel", size, align })?;
-    copy_phys(plat, base + p.kernel.0 + bz.setup_len as u64, kernel.start().as_u64(), bz.kernel_len)?;
+    plat.write_phys(kernel.start(), bz.kernel()).map_err(|err| MiniError::Unreadable { what: "next kernel", err })?;
     let initrd = if p.initrd.1 == 0 {
         None
     } else {
@@ -576,28 +583,29 @@ pub fn prepare_next<M: PhysWrite, W: Write>(
         copy_phys(plat, base + p.initrd.0, r.start().as_u64(), p.initrd.1)?;
         PhysRange::new(r.start(), p.initrd.1)
     };
-    // One page: boot_params, then the setup_data node, then the command line.
+    // Two pages: boot_params, then the setup_data node and the command line.
     let page = plat.alloc_preservable(2).ok_or_else(|| oom("next boot_params", 2))?;
     let bp_at = page.start();
     let sd_at = PhysAddr::new(bp_at.as_u64() + PAGE_SIZE);
     let cmd_at = PhysAddr::new(sd_at.as_u64() + 256);
-    let cmd_len = p.cmdline.1.min(PAGE_SIZE - 256 - 1) as usize;
+    let cmd_len = p.cmdline.1.min(PAGE_SIZE - 256 - 1).min(u64::from(bz.cmdline_size())) as usize;
     let mut cmd = read_vec(plat, "payload cmdline", PhysAddr::new(base + p.cmdline.0), cmd_len)?;
     cmd.push(0);
     plat.write_phys(cmd_at, &cmd).map_err(|err| MiniError::Unreadable { what: "next cmdline", err })?;
     plat.write_phys(sd_at, &ptr.to_setup_data_node(PhysAddr::new(0)))
         .map_err(|err| MiniError::Unreadable { what: "next setup_data", err })?;
-    let next = NextBoot { cmdline: cmd_at, initrd, setup_data: sd_at };
-    let bp = bootparams::build_boot_params(&probe.bp, &head, &next)?;
-    plat.write_phys(bp_at, &bp).map_err(|err| MiniError::Unreadable { what: "next boot_params", err })?;
+    let firmware = kho_boot::bootparams::BootParams::from_bytes(&probe.bp[..])?;
+    let layout = BootLayout { cmdline: cmd_at, initrd: initrd.map(|r| (r.start(), r.len())), setup_data: sd_at };
+    let bp = kho_boot::bootparams::build(&firmware, bz.header_bytes(), &layout);
+    plat.write_phys(bp_at, bp.as_bytes()).map_err(|err| MiniError::Unreadable { what: "next boot_params", err })?;
     let entry = PhysAddr::new(kernel.start().as_u64() + ENTRY_64_OFFSET);
     let _ = writeln!(
         out,
         "kho-mini: next kernel: bzImage protocol {:#x}, {} bytes at {} (init_size {:#x}), initrd {:?}, cmdline \"{}\"",
-        bz.version,
-        bz.kernel_len,
+        bz.version(),
+        bz.kernel().len(),
         kernel.start(),
-        bz.init_size,
+        bz.init_size(),
         initrd.map(|r| (r.start().as_u64(), r.len())),
         String::from_utf8_lossy(&cmd[..cmd.len() - 1])
     );

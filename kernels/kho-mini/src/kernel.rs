@@ -7,7 +7,7 @@ use core::arch::{asm, global_asm};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kho_core::{MemError, PhysAddr, PhysRange, PhysRead, PhysWrite};
+use kho_core::{Access, MemError, PhysAddr, PhysRange, PhysRead, PhysWrite};
 use kho_mini::flow::{self, Probe};
 use kho_mini::memory::{bump, check_access, intersect};
 use kho_mini::pvh;
@@ -358,14 +358,14 @@ impl IdentityMem {
         Self { ram: intersect(ram, &[window]), own }
     }
 
-    fn check(&self, phys: PhysAddr, len: usize) -> Result<(), MemError> {
-        check_access(&self.ram, &self.own, phys, len)
+    fn check(&self, access: Access, phys: PhysAddr, len: usize) -> Result<(), MemError> {
+        check_access(&self.ram, &self.own, access, phys, len)
     }
 }
 
 impl PhysRead for IdentityMem {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
-        self.check(phys, buf.len())?;
+        self.check(Access::Read, phys, buf.len())?;
         // SAFETY: `check` proved [phys, phys + len) is RAM inside the identity map (so the
         // address is the pointer), not null, and disjoint from the image and heap, so no
         // Rust object is aliased; `buf` is a distinct live buffer of `len` bytes.
@@ -376,7 +376,7 @@ impl PhysRead for IdentityMem {
 
 impl PhysWrite for IdentityMem {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
-        self.check(phys, data.len())?;
+        self.check(Access::Write, phys, data.len())?;
         // SAFETY: as in `read_phys`: identity-mapped RAM outside every Rust object.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys.as_u64() as *mut u8, data.len()) }
         Ok(())
@@ -417,6 +417,14 @@ extern "C" fn kmini_exception(vector: u64, error: u64, rip: u64, cr2: u64) -> ! 
     halt()
 }
 
+/// Whether 5-level paging (CR4.LA57) is on: the previous kernel's choice, kept.
+fn five_level_paging() -> bool {
+    let cr4: u64;
+    // SAFETY: reading CR4 has no side effect; this kernel runs at CPL 0.
+    unsafe { asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags)) }
+    cr4 & (1 << 12) != 0
+}
+
 fn halt() -> ! {
     loop {
         // SAFETY: `hlt` with interrupts off stops this CPU; nothing is touched.
@@ -446,7 +454,11 @@ extern "C" fn kmain(info: u64, kind: u64, image_start: u64, image_end: u64) -> !
     let out = &mut Serial;
     let how = if kind == KIND_PVH { "PVH start info" } else { "boot_params" };
     // A newline first: firmware may have left a partial line on the console.
-    let _ = writeln!(out, "\nkho-mini: started at {image_start:#x}-{image_end:#x}, {how} at {info:#x}");
+    let paging = if five_level_paging() { 5 } else { 4 };
+    let _ = writeln!(
+        out,
+        "\nkho-mini: started at {image_start:#x}-{image_end:#x}, {how} at {info:#x}, {paging}-level paging"
+    );
     let image = PhysRange::from_bounds(PhysAddr::new(image_start), PhysAddr::new(image_end))
         .unwrap_or_else(|| fail("bad image bounds", &image_end));
     let all = [PhysRange::from_bounds(PhysAddr::new(0), PhysAddr::new(MAP_LIMIT)).expect("window")];

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use kho_core::{
-    AllocError, Block, MemError, MemMap, MetaAlloc, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysRead, PhysWrite,
+    Access, AllocError, Block, MemError, MemMap, MetaAlloc, PAGE_SIZE, Pfn, PhysAddr, PhysRange, PhysRead, PhysWrite,
 };
 
 /// Sorted, disjoint ranges of free memory.
@@ -362,8 +362,14 @@ mod tests {
 ///
 /// # Errors
 /// [`MemError`] for the whole access.
-pub fn check_access(ram: &[PhysRange], own: &[PhysRange], phys: PhysAddr, len: usize) -> Result<(), MemError> {
-    let err = MemError { phys, len: len as u64 };
+pub fn check_access(
+    ram: &[PhysRange],
+    own: &[PhysRange],
+    access: Access,
+    phys: PhysAddr,
+    len: usize,
+) -> Result<(), MemError> {
+    let err = MemError { access, phys, len: len as u64 };
     let r = PhysRange::new(phys, (len as u64).max(1)).ok_or(err)?;
     if !ram.iter().any(|x| x.contains_range(r)) || own.iter().any(|o| o.overlaps(r)) {
         return Err(err);
@@ -393,17 +399,19 @@ mod seam_tests {
     fn access_rule_keeps_out_of_own_memory_and_holes() {
         let ram = [r(0x100, 0x9f000), r(0x10_0000, 0x4000_0000)];
         let own = [r(0x10_0000, 0x30_0000), r(0x3800_0000, 0x3c00_0000)];
-        assert!(check_access(&ram, &own, PhysAddr::new(0x5a8), 24).is_ok());
-        assert!(check_access(&ram, &own, PhysAddr::new(0), 8).is_err(), "null");
-        assert!(check_access(&ram, &own, PhysAddr::new(0x9eff8), 16).is_err(), "runs into the hole");
-        assert!(check_access(&ram, &own, PhysAddr::new(0x2f_fff0), 16).is_err(), "the image");
-        assert!(check_access(&ram, &own, PhysAddr::new(0x30_0000), 4096).is_ok());
-        assert!(check_access(&ram, &own, PhysAddr::new(0x37ff_f000), 0x1001).is_err(), "the heap");
-        assert!(check_access(&ram, &own, PhysAddr::new(0x3fff_f000), 0x1000).is_ok());
-        assert!(check_access(&ram, &own, PhysAddr::new(0x3fff_f000), 0x1001).is_err(), "past RAM");
-        assert!(check_access(&ram, &own, PhysAddr::new(u64::MAX - 3), 8).is_err(), "wraps");
-        let e = check_access(&ram, &own, PhysAddr::new(0x2f_fff0), 16).unwrap_err();
-        assert_eq!(e, MemError { phys: PhysAddr::new(0x2f_fff0), len: 16 });
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(0x5a8), 24).is_ok());
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(0), 8).is_err(), "null");
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(0x9eff8), 16).is_err(), "runs into the hole");
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(0x2f_fff0), 16).is_err(), "the image");
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(0x30_0000), 4096).is_ok());
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(0x37ff_f000), 0x1001).is_err(), "the heap");
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(0x3fff_f000), 0x1000).is_ok());
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(0x3fff_f000), 0x1001).is_err(), "past RAM");
+        assert!(check_access(&ram, &own, Access::Read, PhysAddr::new(u64::MAX - 3), 8).is_err(), "wraps");
+        let e = check_access(&ram, &own, Access::Read, PhysAddr::new(0x2f_fff0), 16).unwrap_err();
+        assert_eq!(e, MemError::read(PhysAddr::new(0x2f_fff0), 16));
+        let e = check_access(&ram, &own, Access::Write, PhysAddr::new(0), 1).unwrap_err();
+        assert_eq!(e, MemError::write(PhysAddr::new(0), 1));
     }
 
     #[test]

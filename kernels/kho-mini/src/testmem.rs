@@ -41,7 +41,7 @@ impl TestMem {
 impl PhysRead for TestMem {
     fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
         if !self.backed(phys.as_u64(), buf.len() as u64) {
-            return Err(MemError { phys, len: buf.len() as u64 });
+            return Err(MemError::read(phys, buf.len() as u64));
         }
         let pages = self.pages.borrow();
         let mut addr = phys.as_u64();
@@ -65,7 +65,7 @@ impl PhysRead for TestMem {
 impl PhysWrite for TestMem {
     fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
         if !self.backed(phys.as_u64(), data.len() as u64) {
-            return Err(MemError { phys, len: data.len() as u64 });
+            return Err(MemError::write(phys, data.len() as u64));
         }
         let mut pages = self.pages.borrow_mut();
         let mut addr = phys.as_u64();

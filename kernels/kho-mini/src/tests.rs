@@ -205,7 +205,13 @@ fn corrupted_handover_is_refused_and_the_kernel_boots_cold() {
     loader_side(&mem, Some(ptr));
     let (_, log, first) = boot(&mem, BP, IMAGE);
     assert!(
-        matches!(&first.verdict, Verdict::Refused(crate::MiniError::Kho(kho_core::Error::Incompatible { .. }))),
+        matches!(
+            &first.verdict,
+            Verdict::Refused(crate::MiniError::Kho(kho_core::Error::Decode(kho_core::DecodeError {
+                kind: kho_core::DecodeErrorKind::Incompatible { .. },
+                ..
+            })))
+        ),
         "{log}"
     );
     assert!(log.contains("kho-mini: handover refused: ") && log.contains("; cold boot"), "{log}");
@@ -354,4 +360,30 @@ fn huge_initrd_and_payload_sizes_are_refused_not_overflowed() {
 
 fn put_payload_len(mem: &TestMem, field: u64, len: u64) {
     mem.write(PAYLOAD + field + 8, &len.to_le_bytes());
+}
+
+#[test]
+fn a_folio_listed_with_a_smaller_order_is_named() {
+    let mem = TestMem::new(&[(0, 0x9f000), (MIB, GIB - MIB)]);
+    let (ptr, folios, _) = linux_side(&mem);
+    let h = kho_core::Handover::parse(&mem, &ptr, &kho_core::IncomingConfig::new(ram())).unwrap();
+    let s = h.subtree(test_kho::SUBTREE_NAME).unwrap().clone();
+    let t = TestKho::parse(&mem.read(s.phys.as_u64(), s.size.unwrap() as usize), s.phys).unwrap();
+    let ram = ram();
+    let mut ctx = kho_core::format::WalkContext::new(&mem, &ram, h.scratch(), kho_core::Limits::default());
+    let area = vmalloc::decode_chain(&mut ctx, &t.folios_info, s.phys).unwrap();
+    // Entry 1 is the order-3 folio: list it as order 2.
+    assert_eq!(folios[1].order().as_u32(), 3);
+    let entry = folios[1].phys().as_u64() | 2;
+    mem.write(area.pieces[0].as_u64() + 8, &entry.to_le_bytes());
+    loader_side(&mem, Some(ptr));
+    let (_, log, first) = boot(&mem, BP, IMAGE);
+    assert_eq!(
+        first.verdict,
+        Verdict::Failed(crate::MiniError::OrderMismatch { phys: folios[1].phys(), preserved: 3, listed: 2 }),
+        "{log}"
+    );
+    assert!(log.contains("preserved as order 3, listed as order 2"), "{log}");
+    // Nothing unverified goes on: only the mini kernel's own folios.
+    assert_eq!(first.outgoing.folios.len(), flow::OWN_FOLIO_ORDERS.len());
 }

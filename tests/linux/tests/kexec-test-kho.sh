@@ -13,14 +13,15 @@
 #   unknown-compatible  KHO: "... is incompatible with 'kho-v4'", "disabling KHO revival"
 #
 # Usage: tests/linux/tests/kexec-test-kho.sh [CASE...]   (default: ok, ok-32m (32 MiB of folios,
-# another seed) and the four controls)
+# another seed), ok-kexec-e (load with kho kexec, boot with kexec-tools' `kexec -e`) and the four
+# controls)
 # Each case is one boot of kernel 1 plus a kexec into kernel 2 under QEMU TCG.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/../lib.sh"
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(ok ok-32m checksum missing-folio wrong-order unknown-compatible)
+[ ${#cases[@]} -gt 0 ] || cases=(ok ok-32m ok-kexec-e checksum missing-folio wrong-order unknown-compatible)
 
 t_start=$SECONDS
 kdir="$(build_kernel)"
@@ -42,19 +43,29 @@ corrupt=""
 case "$case_" in
   ok) ;;
   ok-32m) corrupt="--test-mem 32M --seed 2" ;;   # more folios and bytes through the checksum
+  ok-kexec-e) ;;                                  # load with kho kexec, boot with kexec-tools' kexec -e
   *) corrupt="--corrupt $case_" ;;
 esac
 append="console=ttyS0 kho=on kho_scratch=32M,256M,32M nokaslr panic=-1 reboot=t kho_stage=2 kho_case=$case_"
 echo "=== BEGIN dry-run ==="
 kho kexec --kernel /boot/bzImage --initrd /boot/stage2.cpio --append "$append" --dry-run $corrupt 2>&1
 echo "=== END dry-run rc=$? ==="
+if [ "$case_" = ok-kexec-e ]; then
+  kho kexec --kernel /boot/bzImage --initrd /boot/stage2.cpio --append "$append" 2>&1
+  echo "KHO-T2: kho kexec (load only) rc=$? kexec_loaded=$(cat /sys/kernel/kexec_loaded)"
+  echo "KHO-T2: kho kexec --exec"
+  kexec -e
+  echo "KHO-T2: kho kexec returned (kexec -e) $?"
+  exit 1
+fi
 echo "KHO-T2: kho kexec --exec"
 kho kexec --kernel /boot/bzImage --initrd /boot/stage2.cpio --append "$append" $corrupt --exec 2>&1
 echo "KHO-T2: kho kexec returned $?"
 GUEST
 
 make_initramfs "$work/stage2.cpio" "$work/guest.sh" "$kho_bin:/bin/kho"
-make_initramfs "$work/stage1.cpio" "$work/guest.sh" "$kho_bin:/bin/kho" \
+kexec_bin="$(command -v kexec)" || die "kexec-tools missing: run tests/linux/install-deps.sh"
+make_initramfs "$work/stage1.cpio" "$work/guest.sh" "$kho_bin:/bin/kho" "$kexec_bin:/sbin/kexec" \
   "$kdir/bzImage:/boot/bzImage" "$work/stage2.cpio:/boot/stage2.cpio"
 log "initramfs: stage 1 $(stat -c %s "$work/stage1.cpio") bytes, stage 2 $(stat -c %s "$work/stage2.cpio") bytes"
 
@@ -84,7 +95,9 @@ for c in "${cases[@]}"; do
   absent "$serial" "KHO-T2: kho kexec returned" "case $c: a failed kexec_load/reboot"
   expect_line "$serial" "KHO-T2: stage 2 case=$c" "case $c: kernel 2 boots from our kexec_load"
   case "$c" in
-    ok | ok-32m)
+    ok | ok-32m | ok-kexec-e)
+      [ "$c" != ok-kexec-e ] || expect_line "$serial" "KHO-T2: kho kexec \(load only\) rc=0 kexec_loaded=1" \
+        "case $c: kho kexec loads; /sys/kernel/kexec_loaded says so"
       expect_line "$serial" "^self-check: our incoming side accepts it" "our own incoming side accepts the handover"
       expect_line "$serial" "KHO: found kexec handover data" "kernel 2 accepts the SETUP_KEXEC_KHO handover"
       expect_line "$serial" "KHO: exec from: .* \(count 1\)" "kernel 2 reads our kexec-metadata blob"

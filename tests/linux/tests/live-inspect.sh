@@ -41,6 +41,7 @@ if grep -q kho_stage=2 /proc/cmdline; then
   section validate-in kho validate --incoming
   section validate-in-devmem kho validate --incoming --dev-mem
   section inspect-default kho inspect
+  section convert-in kho convert --incoming --to v1 --out-dir /tmp/converted
   exit 0
 fi
 echo "KHO-T1: stage 1"
@@ -93,8 +94,11 @@ expect_line "$serial" "^=== END inspect-in rc=0 ===" "kho inspect --incoming exi
 expect_line "$serial" "^=== END inspect-in-json rc=0 ===" "kho inspect --incoming --json exits 0"
 expect_line "$serial" "^=== END validate-in rc=0 ===" "kho validate --incoming exits 0"
 expect_line "$serial" "^=== END validate-in-devmem rc=0 ===" "kho validate --incoming --dev-mem exits 0"
+expect_line "$serial" "^=== END inspect-default rc=0 ===" "kho inspect with no arguments in kernel 2 exits 0"
 expect_line "$serial" "^consumed by the running kernel: FDT, scratch and blobs checked; memory map not checkable after boot" \
   "the consumed handover is reported plainly"
+expect_line "$serial" "^=== END convert-in rc=2 ===" "kho convert refuses a consumed handover as a usage error"
+expect_line "$serial" "^stderr: kho: error: the handover this kernel received has been consumed" "kho convert says why"
 expect_line "$serial" "KHO-GUEST-EXIT: 0" "the guest script ends cleanly"
 if grep -q "KHO restore failed\|Kernel panic\|INVALID" "$serial"; then
   grep -n "KHO restore failed\|Kernel panic\|INVALID" "$serial" >&2
@@ -143,6 +147,10 @@ ti = {s["name"]: s for s in i["subtrees"]}["kho_test"]["decoded"]
 for key in ("nr_folios", "csum", "folios_info", "magic"):
     assert ti[key] == t[key], (key, ti[key], t[key])
 assert i["scratch"] == k["scratch"], (i["scratch"], k["scratch"])
+# With no arguments, kernel 2 (which has no kho/out/fdt in Linux 7.3) reports the same.
+default = section("inspect-default")
+assert f"root FDT:        {k['root_fdt']['phys']:#x}, {k['root_fdt']['size']} bytes" in default, default
+assert any(l.startswith("consumed by the running kernel") for l in default), default
 orders = {}
 for _, o in folios:
     orders[o] = orders.get(o, 0) + 1

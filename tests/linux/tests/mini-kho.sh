@@ -24,6 +24,9 @@
 #             to Linux 3, which verifies them.
 #  checksum   `kho kexec --corrupt checksum`: the handover is valid but test_kho's checksum
 #             is off: kho-mini reports "KHO restore FAILED" naming the checksum.
+#  defects    `--corrupt missing-folio` (a listed folio is not preserved: "never preserved")
+#             and `--corrupt wrong-order` (listed with a smaller order than preserved: the
+#             order mismatch is named); in both kho-mini restores nothing it cannot check.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "${KHO_LINUX_LIB:-$here/../lib.sh}"
@@ -76,7 +79,7 @@ stage1() { # OUT [EXTRA SRC:DST...]
   make_initramfs "$out" "$work/guest.sh" "$kho_bin:/bin/kho" "$kexec_bin:/sbin/kexec" \
     "$mini/kho-mini.bzImage:/boot/kho-mini.bzImage" "$work/payload.bin:/boot/payload.bin" "$@"
 }
-cases="${KHO_MINI_CASES:-roundtrip chain pvh loader refused checksum}"
+cases="${KHO_MINI_CASES:-roundtrip chain pvh loader refused checksum defects}"
 
 for c in $cases; do
   log "--- case $c"
@@ -152,6 +155,23 @@ for c in $cases; do
     expect_line "$logf" "^kho-mini: KHO restore FAILED: kho_test csum: found 0x[0-9a-f]+, expected 0x[0-9a-f]+" "kho-mini names the wrong checksum"
     if grep -q "^kho-mini: KHO restore verified" "$logf"; then die "kho-mini verified a wrong checksum"; fi
     expect_line "$logf" "test_kho: KHO restore succeeded" "Linux 3 still verifies kho-mini's own folios"
+    ;;
+  defects)
+    # (not "d": make_initramfs loops over a global of that name)
+    for defect in missing-folio wrong-order; do
+      echo "--corrupt $defect" >"$work/args-$defect"
+      stage1 "$work/stage1-$defect.cpio" "$work/args-$defect:/boot/kho-kexec-args"
+      logf="$work/$defect.log"
+      boot_qemu "$kdir/bzImage" "$work/stage1-$defect.cpio" "$append1" 240 "$logf" || die "QEMU: $?"
+      case "$defect" in
+        missing-folio) want="^kho-mini: KHO restore FAILED: restore of 0x[0-9a-f]+: never preserved" ;;
+        wrong-order) want="^kho-mini: KHO restore FAILED: kho_test folio at 0x[0-9a-f]+: preserved as order [0-9]+, listed as order [0-9]+" ;;
+      esac
+      expect_line "$logf" "$want" "kho-mini names the $defect defect"
+      if grep -q "^kho-mini: KHO restore verified" "$logf"; then die "kho-mini verified a $defect handover"; fi
+      expect_line "$logf" "^kho-mini: outgoing kho-v4 handover: .* 6 folios in kho_test" "only kho-mini's own 6 folios go on"
+      expect_line "$logf" "test_kho: KHO restore succeeded" "Linux 3 verifies them"
+    done
     ;;
   *) die "unknown case $c" ;;
   esac

@@ -9,15 +9,17 @@
 
 use alloc::vec::Vec;
 
+use zerocopy::{FromBytes, IntoBytes};
+
 use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
 use crate::fdt::FdtNode;
-use crate::format::le64;
+use crate::format::abi::{KhoData, SetupDataHeader};
 use crate::types::PhysAddr;
 
 /// `setup_data.type` for KHO.
 pub const SETUP_KEXEC_KHO: u32 = 10;
 /// Payload bytes of `struct kho_data`.
-pub const KHO_DATA_BYTES: usize = 32;
+pub const KHO_DATA_BYTES: usize = core::mem::size_of::<KhoData>();
 /// `/chosen` property with the FDT's (address, size).
 pub const CHOSEN_FDT: &str = "linux,kho-fdt";
 /// `/chosen` property with the scratch array's (address, size).
@@ -40,13 +42,13 @@ impl HandoverPtr {
     /// The 32-byte `struct kho_data` payload.
     #[must_use]
     pub fn to_setup_data_payload(&self) -> [u8; KHO_DATA_BYTES] {
-        let mut out = [0u8; KHO_DATA_BYTES];
-        for (i, v) in
-            [self.fdt.as_u64(), self.fdt_size, self.scratch.as_u64(), self.scratch_size].into_iter().enumerate()
-        {
-            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-        }
-        out
+        let data = KhoData {
+            fdt_addr: self.fdt.as_u64().into(),
+            fdt_size: self.fdt_size.into(),
+            scratch_addr: self.scratch.as_u64().into(),
+            scratch_size: self.scratch_size.into(),
+        };
+        zerocopy::transmute!(data)
     }
 
     /// Decodes a `struct kho_data` payload. Unlike Linux, which does not check `len`, a
@@ -55,28 +57,31 @@ impl HandoverPtr {
     /// # Errors
     /// [`DecodeErrorKind::BadValue`] for a short payload.
     pub fn from_setup_data_payload(payload: &[u8], at: PhysAddr) -> Result<Self, DecodeError> {
-        if payload.len() < KHO_DATA_BYTES {
-            return Err(DecodeError::new(
+        let (d, _) = KhoData::read_from_prefix(payload).map_err(|_| {
+            DecodeError::new(
                 Field::SetupData,
                 at,
                 DecodeErrorKind::BadValue { found: payload.len() as u64, expected: "a 32-byte kho_data payload" },
-            ));
-        }
+            )
+        })?;
         Ok(Self {
-            fdt: PhysAddr::new(le64(payload, 0)),
-            fdt_size: le64(payload, 8),
-            scratch: PhysAddr::new(le64(payload, 16)),
-            scratch_size: le64(payload, 24),
+            fdt: PhysAddr::new(d.fdt_addr.get()),
+            fdt_size: d.fdt_size.get(),
+            scratch: PhysAddr::new(d.scratch_addr.get()),
+            scratch_size: d.scratch_size.get(),
         })
     }
 
     /// A whole `setup_data` node (16-byte header with `next`, `type`, `len`, then payload).
     #[must_use]
     pub fn to_setup_data_node(&self, next: PhysAddr) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + KHO_DATA_BYTES);
-        out.extend_from_slice(&next.as_u64().to_le_bytes());
-        out.extend_from_slice(&SETUP_KEXEC_KHO.to_le_bytes());
-        out.extend_from_slice(&(KHO_DATA_BYTES as u32).to_le_bytes());
+        let hdr = SetupDataHeader {
+            next: next.as_u64().into(),
+            kind: SETUP_KEXEC_KHO.into(),
+            len: (KHO_DATA_BYTES as u32).into(),
+        };
+        let mut out = Vec::with_capacity(core::mem::size_of::<SetupDataHeader>() + KHO_DATA_BYTES);
+        out.extend_from_slice(hdr.as_bytes());
         out.extend_from_slice(&self.to_setup_data_payload());
         out
     }
@@ -89,17 +94,17 @@ impl HandoverPtr {
         let bad = |found: u64, expected| {
             DecodeError::new(Field::SetupData, at, DecodeErrorKind::BadValue { found, expected })
         };
-        let hdr = node.get(..16).ok_or_else(|| bad(node.len() as u64, "a 16-byte setup_data header"))?;
-        let ty = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
-        let len = u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
+        let (hdr, payload) = SetupDataHeader::read_from_prefix(node)
+            .map_err(|_| bad(node.len() as u64, "a 16-byte setup_data header"))?;
+        let (ty, len) = (hdr.kind.get(), hdr.len.get());
         if ty != SETUP_KEXEC_KHO {
             return Err(bad(u64::from(ty), "setup_data type 10 (SETUP_KEXEC_KHO)"));
         }
         if (len as usize) < KHO_DATA_BYTES {
             return Err(bad(u64::from(len), "setup_data len of at least 32"));
         }
-        let ptr = Self::from_setup_data_payload(&node[16..], at)?;
-        Ok((ptr, PhysAddr::new(le64(hdr, 0))))
+        let ptr = Self::from_setup_data_payload(payload, at)?;
+        Ok((ptr, PhysAddr::new(hdr.next.get())))
     }
 
     /// The two `/chosen` property values, with `address_cells`/`size_cells` of 1 or 2.

@@ -9,18 +9,20 @@
 //! | 69 | 4 | `kexec_count` |
 
 use alloc::string::String;
+use core::mem::{offset_of, size_of};
+
+use zerocopy::{FromBytes, FromZeros};
 
 use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
+use crate::format::abi::{self, KexecMetadataRaw};
 use crate::types::PhysAddr;
 
 /// Bytes of the packed struct.
-pub const SIZE: usize = 73;
+pub const SIZE: usize = size_of::<KexecMetadataRaw>();
 /// The only version defined.
 pub const VERSION: u32 = 1;
 /// Bytes of `previous_release`, NUL included (`__NEW_UTS_LEN + 1`).
-pub const RELEASE_BYTES: usize = 65;
-const RELEASE_OFFSET: usize = 4;
-const COUNT_OFFSET: usize = RELEASE_OFFSET + RELEASE_BYTES;
+pub const RELEASE_BYTES: usize = abi::RELEASE_BYTES;
 
 /// What the previous kernel said about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,32 +45,31 @@ impl KexecMetadata {
     pub fn parse(blob: &[u8], at: PhysAddr) -> Result<Self, DecodeError> {
         let bad =
             |found: u64, expected| DecodeError::new(Field::Blob, at, DecodeErrorKind::BadValue { found, expected });
-        let Some(v) = blob.get(..4) else {
+        let Ok((v, _)) = zerocopy::little_endian::U32::read_from_prefix(blob) else {
             return Err(bad(blob.len() as u64, "a blob of at least 4 bytes (the version)"));
         };
-        let version = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+        let version = v.get();
         if version != VERSION {
             return Err(bad(u64::from(version), "kexec-metadata version 1"));
         }
-        let Some(b) = blob.get(..SIZE) else {
+        let Ok((b, _)) = KexecMetadataRaw::ref_from_prefix(blob) else {
             return Err(bad(blob.len() as u64, "a blob of at least 73 bytes"));
         };
-        let release = &b[RELEASE_OFFSET..COUNT_OFFSET];
+        let release = &b.previous_release;
         let Some(len) = release.iter().position(|&c| c == 0) else {
             return Err(DecodeError::new(
                 Field::Blob,
-                PhysAddr::new(at.as_u64().wrapping_add(RELEASE_OFFSET as u64)),
+                abi::field_addr(at, offset_of!(KexecMetadataRaw, previous_release)),
                 DecodeErrorKind::BadValue {
                     found: RELEASE_BYTES as u64,
                     expected: "a NUL-terminated release string within 65 bytes",
                 },
             ));
         };
-        let c = &b[COUNT_OFFSET..SIZE];
         Ok(Self {
             version,
             previous_release: String::from_utf8_lossy(&release[..len]).into_owned(),
-            kexec_count: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            kexec_count: b.kexec_count.get(),
         })
     }
 
@@ -82,13 +83,13 @@ impl KexecMetadata {
     /// field would be), so the NUL always fits.
     #[must_use]
     pub fn to_bytes(&self) -> [u8; SIZE] {
-        let mut out = [0u8; SIZE];
-        out[..4].copy_from_slice(&self.version.to_le_bytes());
+        let mut raw = KexecMetadataRaw::new_zeroed();
+        raw.version = self.version.into();
         let rel = self.previous_release.as_bytes();
         let n = rel.len().min(RELEASE_BYTES - 1);
-        out[RELEASE_OFFSET..RELEASE_OFFSET + n].copy_from_slice(&rel[..n]);
-        out[COUNT_OFFSET..].copy_from_slice(&self.kexec_count.to_le_bytes());
-        out
+        raw.previous_release[..n].copy_from_slice(&rel[..n]);
+        raw.kexec_count = self.kexec_count.into();
+        zerocopy::transmute!(raw)
     }
 }
 

@@ -5,6 +5,7 @@
 //! blocks they find into a [`BlockSet`](crate::blockset::BlockSet). Encoders take a
 //! `BlockSet` (or the tracker's own bitmaps) and write pages the platform provides.
 
+pub mod abi;
 pub mod handover_ptr;
 pub mod root;
 pub mod scratch;
@@ -288,23 +289,5 @@ pub fn check_not_in_scratch(
             Err(DecodeError::new(what, at, DecodeErrorKind::InScratch { range, scratch: s }))
         }
         _ => Ok(()),
-    }
-}
-
-/// Reads a little-endian `u64` at byte `off` of a page buffer (offsets are compile-time
-/// constants or bounded loop indices, always `< PAGE_BYTES - 8`).
-#[must_use]
-pub(crate) fn le64(buf: &[u8], off: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(s) = buf.get(off..off + 8) {
-        b.copy_from_slice(s);
-    }
-    u64::from_le_bytes(b)
-}
-
-/// Writes a little-endian `u64` at byte `off` of a buffer.
-pub(crate) fn put_le64(buf: &mut [u8], off: usize, v: u64) {
-    if let Some(s) = buf.get_mut(off..off + 8) {
-        s.copy_from_slice(&v.to_le_bytes());
     }
 }

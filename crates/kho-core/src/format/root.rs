@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn parses_the_spec_v1_example() {
-        let dtb = include_bytes!("../../../../tests/data/spec-examples/v1-small/fdt.dtb");
+        let dtb = include_bytes!("../../tests/data/spec-examples/v1-small/fdt.dtb");
         let root = parse(dtb, PhysAddr::new(0x1000), &Limits::default()).unwrap();
         assert_eq!(root.version, FormatVersion::V1);
         assert_eq!(root.memory_map, PhysAddr::new(1_052_672));
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn parses_the_linux_7_3_capture() {
-        let dtb = include_bytes!("../../../../tests/data/captures/linux-7.3.4-test_kho/fdt.dtb");
+        let dtb = include_bytes!("../../tests/data/captures/linux-7.3.4-test_kho/fdt.dtb");
         let root = parse(dtb, PhysAddr::new(0x18_2000), &Limits::default()).unwrap();
         assert_eq!(root.version, FormatVersion::V4);
         assert_eq!(root.memory_map, PhysAddr::new(0x18_1000));
@@ -153,7 +153,7 @@ mod tests {
     fn built_v1_root_matches_the_spec_example_bytes() {
         let subs = [Subtree { name: "memblock".into(), phys: PhysAddr::new(0x30_0000), size: None }];
         let dtb = build(FormatVersion::V1, PhysAddr::new(0x10_1000), &subs).unwrap();
-        let want = include_bytes!("../../../../tests/data/spec-examples/v1-small/fdt.dtb");
+        let want = include_bytes!("../../tests/data/spec-examples/v1-small/fdt.dtb");
         assert_eq!(dtb.as_slice(), want.as_slice());
     }
 
@@ -164,7 +164,7 @@ mod tests {
             Subtree { name: "kexec-metadata".into(), phys: PhysAddr::new(0x18_8000), size: Some(73) },
         ];
         let dtb = build(FormatVersion::V4, PhysAddr::new(0x18_1000), &subs).unwrap();
-        let want = include_bytes!("../../../../tests/data/captures/linux-7.3.4-test_kho/fdt.dtb");
+        let want = include_bytes!("../../tests/data/captures/linux-7.3.4-test_kho/fdt.dtb");
         let (got, want) = (
             parse(&dtb, PhysAddr::new(0), &Limits::default()).unwrap(),
             parse(want, PhysAddr::new(0), &Limits::default()).unwrap(),

@@ -3,23 +3,23 @@
 
 use alloc::vec::Vec;
 
+use zerocopy::{FromBytes, IntoBytes};
+
 use crate::error::{DecodeError, DecodeErrorKind, Field, Result};
-use crate::format::{check_in_ram, le64};
+use crate::format::abi::{self, KhoScratch};
+use crate::format::check_in_ram;
 use crate::platform::PhysRead;
 use crate::types::{PAGE_SIZE, PhysAddr, PhysRange};
 
 /// Bytes per entry.
-pub const ENTRY_BYTES: u64 = 16;
+pub const ENTRY_BYTES: u64 = core::mem::size_of::<KhoScratch>() as u64;
 
 /// Encodes scratch areas as the array the next kernel receives.
 #[must_use]
 pub fn encode(areas: &[PhysRange]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(areas.len() * 16);
-    for a in areas {
-        out.extend_from_slice(&a.start().as_u64().to_le_bytes());
-        out.extend_from_slice(&a.len().to_le_bytes());
-    }
-    out
+    let entries: Vec<KhoScratch> =
+        areas.iter().map(|a| KhoScratch { addr: a.start().as_u64().into(), size: a.len().into() }).collect();
+    entries.as_bytes().to_vec()
 }
 
 /// Reads and checks the scratch array at `array` of `size` bytes: size a non-zero multiple
@@ -64,9 +64,17 @@ pub fn decode<M: PhysRead + ?Sized>(
     let mut buf = alloc::vec![0u8; usize::try_from(size).unwrap_or(0)];
     mem.read_phys(array, &mut buf).map_err(|e| DecodeError::unreadable(Field::ScratchArray, e))?;
     let mut areas = Vec::new();
-    for (i, e) in buf.chunks_exact(16).enumerate() {
-        let at = PhysAddr::new(array.as_u64() + (i as u64) * ENTRY_BYTES);
-        let (addr, len) = (le64(e, 0), le64(e, 8));
+    // `size` is a multiple of the entry size (checked above), so this cannot fail.
+    let entries = <[KhoScratch]>::ref_from_bytes(&buf).map_err(|_| {
+        DecodeError::new(
+            Field::ScratchArray,
+            array,
+            DecodeErrorKind::BadValue { found: size, expected: "whole entries" },
+        )
+    })?;
+    for (i, e) in entries.iter().enumerate() {
+        let at = abi::field_addr(array, i * core::mem::size_of::<KhoScratch>());
+        let (addr, len) = (e.addr.get(), e.size.get());
         let start = PhysAddr::new(addr);
         if !start.is_page_aligned() {
             return Err(DecodeError::new(

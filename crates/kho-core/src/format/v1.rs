@@ -4,20 +4,24 @@
 //! A chunk never mixes orders. The bitmap size (512 or 4096 bytes) is not recorded anywhere.
 
 use alloc::collections::BTreeSet;
+use core::mem::offset_of;
+
 use alloc::vec::Vec;
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::blockset::BlockSet;
 use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
-use crate::format::{BitmapBytes, WalkContext, le64};
+use crate::format::abi::{self, BitmapPtr, Chunk, ChunkHeader};
+use crate::format::{BitmapBytes, WalkContext};
 use crate::platform::{PhysRead, Platform};
 use crate::types::{Order, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, PFN_LIMIT, PhysAddr};
 
-/// Header bytes of a chunk.
-pub const CHUNK_HEADER_BYTES: usize = 16;
-/// Bytes per entry.
-pub const ENTRY_BYTES: usize = 16;
+/// Header bytes of a chunk ([`ChunkHeader`]).
+pub const CHUNK_HEADER_BYTES: usize = core::mem::size_of::<ChunkHeader>();
+/// Bytes per entry ([`BitmapPtr`]).
+pub const ENTRY_BYTES: usize = core::mem::size_of::<BitmapPtr>();
 /// Entries per chunk: 255 with 4 KiB pages.
-pub const CHUNK_CAPACITY: usize = (PAGE_BYTES - CHUNK_HEADER_BYTES) / ENTRY_BYTES;
+pub const CHUNK_CAPACITY: usize = abi::CHUNK_ENTRIES;
 
 /// One entry to serialize: bitmap of `order` whose bit 0 is the block at `phys_start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,37 +59,38 @@ pub fn encode<P: Platform + ?Sized>(plat: &P, entries: &[Entry]) -> Result<Chunk
 }
 
 fn encode_into<P: Platform + ?Sized>(plat: &P, entries: &[Entry], list: &mut ChunkList) -> Result<(), OutgoingError> {
-    let mut page = [0u8; PAGE_BYTES];
-    let mut cur: Option<(PhysAddr, Order, usize)> = None;
-    let write =
-        |at: PhysAddr, buf: &[u8]| plat.write_phys(at, buf).map_err(|e| OutgoingError::memory(Field::ChunkNext, e));
+    let write = |at: PhysAddr, c: &Chunk| {
+        plat.write_phys(at, c.as_bytes()).map_err(|e| OutgoingError::memory(Field::ChunkNext, e))
+    };
+    let mut page = Chunk::new_zeroed();
+    let mut cur: Option<PhysAddr> = None;
     for e in entries {
+        let n = page.hdr.num_elms.get() as usize;
         let start_new = match cur {
-            Some((_, order, n)) => order != e.order || n == CHUNK_CAPACITY,
+            Some(_) => page.hdr.order.get() != e.order.as_u32() || n == CHUNK_CAPACITY,
             None => true,
         };
         if start_new {
             let chunk = plat.alloc_meta_page()?;
             list.pages.push(chunk);
             match cur {
-                Some((prev, ..)) => {
-                    crate::format::put_le64(&mut page, 0, chunk.as_u64());
+                Some(prev) => {
+                    page.hdr.next = chunk.as_u64().into();
                     write(prev, &page)?;
                 }
                 None => list.first = chunk,
             }
-            page = [0u8; PAGE_BYTES];
-            page[8..12].copy_from_slice(&e.order.as_u32().to_le_bytes());
-            cur = Some((chunk, e.order, 0));
+            page = Chunk::new_zeroed();
+            page.hdr.order = e.order.as_u32().into();
+            cur = Some(chunk);
         }
-        let (chunk, order, n) = cur.expect("set above");
-        let off = CHUNK_HEADER_BYTES + n * ENTRY_BYTES;
-        crate::format::put_le64(&mut page, off, e.phys_start.as_u64());
-        crate::format::put_le64(&mut page, off + 8, e.bitmap.as_u64());
-        page[12..16].copy_from_slice(&((n + 1) as u32).to_le_bytes());
-        cur = Some((chunk, order, n + 1));
+        let n = page.hdr.num_elms.get();
+        if let Some(slot) = page.bitmaps.get_mut(n as usize) {
+            *slot = BitmapPtr { phys_start: e.phys_start.as_u64().into(), bitmap: e.bitmap.as_u64().into() };
+        }
+        page.hdr.num_elms = (n + 1).into();
     }
-    if let Some((chunk, ..)) = cur {
+    if let Some(chunk) = cur {
         write(chunk, &page)?;
     }
     Ok(())
@@ -125,18 +130,18 @@ pub fn decode<M: PhysRead + ?Sized>(
             return Err(DecodeError::new(what, at, DecodeErrorKind::Cycle { target: cur }));
         }
         ctx.read_meta_page(what, at, cur, &mut page)?;
-        let raw_order = u32::from_le_bytes(page[8..12].try_into().expect("4 bytes"));
-        let num = u32::from_le_bytes(page[12..16].try_into().expect("4 bytes"));
-        let field_at = |off: u64| PhysAddr::new(cur.as_u64() + off);
+        let chunk: &Chunk = zerocopy::transmute_ref!(&page);
+        let (raw_order, num) = (chunk.hdr.order.get(), chunk.hdr.num_elms.get());
+        let field_at = |off: usize| abi::field_addr(cur, off);
         let order = Order::new(raw_order).ok_or(DecodeError::new(
             Field::ChunkOrder,
-            field_at(8),
+            field_at(offset_of!(ChunkHeader, order)),
             DecodeErrorKind::OrderTooLarge { order: u64::from(raw_order), max: u32::from(crate::types::ORDER_LIMIT) },
         ))?;
         if num as usize > CHUNK_CAPACITY {
             return Err(DecodeError::new(
                 Field::ChunkNumElms,
-                field_at(12),
+                field_at(offset_of!(ChunkHeader, num_elms)),
                 DecodeErrorKind::BadValue {
                     found: u64::from(num),
                     expected: "at most 255 entries (a chunk's capacity)",
@@ -146,10 +151,10 @@ pub fn decode<M: PhysRead + ?Sized>(
         // Bytes one bitmap spans; alignment of phys_start. At huge orders it passes 2^64 and
         // only phys_start 0 is possible.
         let span_shift = bitmap.bits().trailing_zeros() + order.as_u32() + PAGE_SHIFT;
-        for i in 0..num as usize {
-            let off = CHUNK_HEADER_BYTES + i * ENTRY_BYTES;
-            let entry_at = field_at(off as u64);
-            let phys_start = le64(&page, off);
+        for (i, entry) in chunk.bitmaps.iter().take(num as usize).enumerate() {
+            let off = offset_of!(Chunk, bitmaps) + i * ENTRY_BYTES;
+            let entry_at = field_at(off);
+            let phys_start = entry.phys_start.get();
             let span_mask = if span_shift >= 64 { u64::MAX } else { (1u64 << span_shift) - 1 };
             if phys_start & span_mask != 0 {
                 return Err(DecodeError::new(
@@ -168,8 +173,8 @@ pub fn decode<M: PhysRead + ?Sized>(
                     },
                 ));
             }
-            let bm = PhysAddr::new(le64(&page, off + 8));
-            let bm_at = field_at(off as u64 + 8);
+            let bm = PhysAddr::new(entry.bitmap.get());
+            let bm_at = field_at(off + offset_of!(BitmapPtr, bitmap));
             // Linux allocates one bitmap per entry. A bitmap named by many entries would let a
             // small map describe unbounded memory (one alternating bitmap behind 2^16 entries
             // per MiB of chunks is 2^27 ranges): refused, so work stays bounded by metadata.
@@ -188,7 +193,7 @@ pub fn decode<M: PhysRead + ?Sized>(
         }
         what = Field::ChunkNext;
         at = cur;
-        cur = PhysAddr::new(le64(&page, 0));
+        cur = PhysAddr::new(chunk.hdr.next.get());
     }
     Ok(())
 }

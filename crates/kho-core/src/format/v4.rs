@@ -22,7 +22,8 @@ use alloc::vec::Vec;
 
 use crate::blockset::{BlockSet, UNIT_BITS, UNIT_WORDS};
 use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
-use crate::format::{WalkContext, le64};
+use crate::format::WalkContext;
+use crate::format::abi::RadixNode;
 use crate::platform::{MetaAlloc, PhysRead, Platform};
 use crate::types::{Block, ORDER_LIMIT, Order, PAGE_BYTES, PAGE_SHIFT, PFN_LIMIT, PhysAddr};
 
@@ -278,14 +279,15 @@ pub fn decode<M: PhysRead + ?Sized>(
 
     while let Some(frame) = stack.last_mut() {
         let Some(buf) = bufs.get(frame.level as usize) else { break };
-        let found = (frame.next..TABLE_ENTRIES).find(|&i| le64(&buf[..], i * 8) != 0);
+        let node: &RadixNode = zerocopy::transmute_ref!(&**buf);
+        let found = (frame.next..TABLE_ENTRIES).find(|&i| node.table[i].get() != 0);
         let Some(i) = found else {
             stack.pop();
             continue;
         };
         frame.next = i + 1;
         let at = entry_addr(frame.page, i);
-        let child = PhysAddr::new(le64(&buf[..], i * 8));
+        let child = PhysAddr::new(node.table[i].get());
         let shift = level_shift(frame.level);
         if shift + TABLE_LOG2 > KEY_WIDTH && (i as u64) >= (1u64 << (KEY_WIDTH - shift)) {
             return Err(DecodeError::new(
@@ -306,8 +308,9 @@ pub fn decode<M: PhysRead + ?Sized>(
         ctx.read_meta_page(Field::RadixEntry, at, child, dst)?;
         visited.insert(child.as_u64());
         if level == 0 {
-            for (w, b) in words.iter_mut().zip(dst.chunks_exact(8)) {
-                *w = le64(b, 0);
+            let leaf: &RadixNode = zerocopy::transmute_ref!(&**dst);
+            for (w, b) in words.iter_mut().zip(&leaf.table) {
+                *w = b.get();
             }
             decode_leaf(child, prefix, &words, out)?;
         } else {

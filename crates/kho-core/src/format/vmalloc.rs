@@ -10,16 +10,20 @@
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
+use core::mem::offset_of;
+
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::error::{DecodeError, DecodeErrorKind, Field, OutgoingError, Result};
-use crate::format::{WalkContext, le64};
+use crate::format::WalkContext;
+use crate::format::abi::{self, KhoVmallocDesc, VmallocChunk};
 use crate::platform::{PhysRead, Platform};
-use crate::types::{Block, ORDER_LIMIT, Order, PAGE_BYTES, PAGE_SIZE, PhysAddr};
+use crate::types::{Block, ORDER_LIMIT, Order, PAGE_BYTES, PhysAddr};
 
 /// Bytes of `struct kho_vmalloc`.
-pub const DESC_BYTES: usize = 16;
+pub const DESC_BYTES: usize = core::mem::size_of::<KhoVmallocDesc>();
 /// Piece addresses per chunk: `(PAGE_SIZE - 8) / 8` (`KHO_VMALLOC_SIZE`, 511 for 4 KiB).
-pub const CHUNK_ENTRIES: usize = (PAGE_BYTES - 8) / 8;
+pub const CHUNK_ENTRIES: usize = abi::VMALLOC_CHUNK_ENTRIES;
 /// `flags` bit: the area came from `vmalloc` (`VM_ALLOC`).
 pub const FLAG_ALLOC: u16 = 0x1;
 /// `flags` bit: the area may use huge mappings (`VM_ALLOW_HUGE_VMAP`).
@@ -47,7 +51,7 @@ impl KhoVmalloc {
     /// [`DecodeErrorKind::BadValue`] (`Blob`) if `bytes` is not exactly 16 bytes long, and
     /// (`VmallocFlags`) for flag bits Linux does not define.
     pub fn from_bytes(bytes: &[u8], at: PhysAddr) -> Result<Self, DecodeError> {
-        let Ok(b) = <&[u8; DESC_BYTES]>::try_from(bytes) else {
+        let Ok(b) = KhoVmallocDesc::read_from_bytes(bytes) else {
             return Err(DecodeError::new(
                 Field::Blob,
                 at,
@@ -55,15 +59,15 @@ impl KhoVmalloc {
             ));
         };
         let desc = Self {
-            first: PhysAddr::new(le64(b, 0)),
-            total_pages: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
-            flags: u16::from_le_bytes([b[12], b[13]]),
-            order: u16::from_le_bytes([b[14], b[15]]),
+            first: PhysAddr::new(b.first.get()),
+            total_pages: b.total_pages.get(),
+            flags: b.flags.get(),
+            order: b.order.get(),
         };
         if desc.flags & !KNOWN_FLAGS != 0 {
             return Err(DecodeError::new(
                 Field::VmallocFlags,
-                offset(at, 12),
+                abi::field_addr(at, offset_of!(KhoVmallocDesc, flags)),
                 DecodeErrorKind::BadValue {
                     found: u64::from(desc.flags),
                     expected: "only KHO_VMALLOC_ALLOC (0x1) and KHO_VMALLOC_HUGE_VMAP (0x2)",
@@ -76,12 +80,13 @@ impl KhoVmalloc {
     /// The 16 bytes Linux expects.
     #[must_use]
     pub fn to_bytes(&self) -> [u8; DESC_BYTES] {
-        let mut out = [0u8; DESC_BYTES];
-        out[0..8].copy_from_slice(&self.first.as_u64().to_le_bytes());
-        out[8..12].copy_from_slice(&self.total_pages.to_le_bytes());
-        out[12..14].copy_from_slice(&self.flags.to_le_bytes());
-        out[14..16].copy_from_slice(&self.order.to_le_bytes());
-        out
+        let d = KhoVmallocDesc {
+            first: self.first.as_u64().into(),
+            total_pages: self.total_pages.into(),
+            flags: self.flags.into(),
+            order: self.order.into(),
+        };
+        zerocopy::transmute!(d)
     }
 }
 
@@ -100,10 +105,6 @@ impl VmallocArea {
     pub fn blocks(&self, order: Order) -> Vec<Block> {
         self.pieces.iter().filter_map(|&p| Block::at(p, order)).collect()
     }
-}
-
-fn offset(at: PhysAddr, bytes: u64) -> PhysAddr {
-    PhysAddr::new(at.as_u64().wrapping_add(bytes))
 }
 
 /// Walks the chunk chain of `desc` (found at `at`) with every check.
@@ -125,7 +126,7 @@ pub fn decode_chain<M: PhysRead + ?Sized>(
     let Some(order) = Order::new(u32::from(desc.order)) else {
         return Err(DecodeError::new(
             Field::VmallocOrder,
-            offset(at, 14),
+            abi::field_addr(at, offset_of!(KhoVmallocDesc, order)),
             DecodeErrorKind::OrderTooLarge { order: u64::from(desc.order), max: u32::from(ORDER_LIMIT) },
         ));
     };
@@ -151,12 +152,12 @@ pub fn decode_chain<M: PhysRead + ?Sized>(
         ctx.read_meta_page(Field::VmallocChunk, chunk_at, chunk, &mut buf)?;
         seen_chunks.insert(chunk.as_u64());
         area.chunk_pages.push(chunk);
-        for i in 0..CHUNK_ENTRIES {
-            let raw = le64(&buf[..], 8 + i * 8);
+        let page: &VmallocChunk = zerocopy::transmute_ref!(&*buf);
+        for (i, raw) in page.phys.iter().map(|p| p.get()).enumerate() {
             if raw == 0 {
                 break;
             }
-            let entry_at = offset(chunk, 8 + (i as u64) * 8);
+            let entry_at = abi::field_addr(chunk, offset_of!(VmallocChunk, phys) + i * 8);
             let piece = PhysAddr::new(raw);
             ctx.check_pointer(Field::VmallocPiece, entry_at, piece, order.bytes(), order.bytes())?;
             pages += order.nr_pages();
@@ -174,12 +175,12 @@ pub fn decode_chain<M: PhysRead + ?Sized>(
             area.pieces.push(piece);
         }
         chunk_at = chunk;
-        chunk = PhysAddr::new(le64(&buf[..], 0));
+        chunk = PhysAddr::new(page.next.get());
     }
     if pages != total {
         return Err(DecodeError::new(
             Field::VmallocTotalPages,
-            offset(at, 8),
+            abi::field_addr(at, offset_of!(KhoVmallocDesc, total_pages)),
             DecodeErrorKind::BadValue { found: total, expected: "the number of pages the chunk chain lists" },
         ));
     }
@@ -290,23 +291,20 @@ fn write_chunks<P: Platform + ?Sized>(
     pieces: &[PhysAddr],
     chunks: &mut Vec<PhysAddr>,
 ) -> Result<(), OutgoingError> {
-    let mut page = [0u8; PAGE_BYTES];
     for group in pieces.chunks(CHUNK_ENTRIES) {
         let chunk = plat.alloc_meta_page()?;
         chunks.push(chunk);
         if let [.., prev, _] = chunks.as_slice() {
             plat.write_u64(*prev, chunk.as_u64()).map_err(|e| OutgoingError::memory(Field::VmallocChunk, e))?;
         }
-        page.fill(0);
-        for (dst, p) in page[8..].chunks_exact_mut(8).zip(group) {
-            dst.copy_from_slice(&p.as_u64().to_le_bytes());
+        let mut page = VmallocChunk::new_zeroed();
+        for (dst, p) in page.phys.iter_mut().zip(group) {
+            *dst = p.as_u64().into();
         }
-        plat.write_phys(chunk, &page).map_err(|e| OutgoingError::memory(Field::VmallocChunk, e))?;
+        plat.write_phys(chunk, page.as_bytes()).map_err(|e| OutgoingError::memory(Field::VmallocChunk, e))?;
     }
     Ok(())
 }
-
-const _: () = assert!(8 + CHUNK_ENTRIES * 8 <= PAGE_BYTES && PAGE_SIZE as usize == PAGE_BYTES);
 
 #[cfg(test)]
 mod tests {

@@ -115,6 +115,9 @@ impl<P: Platform> Kho<P> {
     /// [`OutgoingError::BadValue`] if RAM or scratch ranges are unsorted, overlapping or unaligned,
     /// or a scratch area lies outside RAM.
     pub fn new(platform: P, config: OutgoingConfig) -> Result<Self, OutgoingError> {
+        if config.scratch.is_empty() {
+            return Err(OutgoingError::NoScratch);
+        }
         for (list, what) in [(&config.ram, Field::Argument), (&config.scratch, Field::ScratchEntry)] {
             for w in list.windows(2) {
                 if w[0].end() > w[1].start() {
@@ -182,8 +185,9 @@ impl<P: Platform> Kho<P> {
         for b in blocks {
             let r = self.check_block(st, b).and_then(|()| st.tracker.insert(&self.platform, &self.config.scratch, b));
             if let Err(e) = r {
+                // Best effort: the caller gets the error that stopped us, not a rollback's.
                 for d in done.into_iter().rev() {
-                    st.tracker.remove(&self.platform, d)?;
+                    let _ = st.tracker.remove(&self.platform, d);
                 }
                 return Err(e);
             }
@@ -192,14 +196,26 @@ impl<P: Platform> Kho<P> {
         Ok(())
     }
 
-    fn remove_blocks(&self, st: &mut State, blocks: &[Block]) -> Result<(), OutgoingError> {
+    /// Unpreserves `blocks`, all or nothing. Blocks that hold a sub-blob are refused unless
+    /// `blob` names that blob (only [`Kho::remove_subtree`] may drop them): a blob owns its
+    /// pages, so a handover can never name a blob whose memory is not preserved.
+    fn remove_blocks(&self, st: &mut State, blocks: &[Block], blob: Option<&str>) -> Result<(), OutgoingError> {
         for &b in blocks {
+            if let Some(s) = st.subtrees.iter().find(|s| Some(s.name.as_str()) != blob && blob_overlaps(s, b)) {
+                return Err(OutgoingError::OwnedByBlob { block: b, name: s.name.clone() });
+            }
             if !st.tracker.contains(&self.platform, b)? {
                 return Err(OutgoingError::NotPreserved { block: b });
             }
         }
-        for &b in blocks {
-            st.tracker.remove(&self.platform, b)?;
+        for (i, &b) in blocks.iter().enumerate() {
+            if let Err(e) = st.tracker.remove(&self.platform, b) {
+                // Best effort: put back what was removed; the caller gets the first error.
+                for &d in blocks[..i].iter().rev() {
+                    let _ = st.tracker.insert(&self.platform, &self.config.scratch, d);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -246,7 +262,9 @@ impl<P: Platform> Kho<P> {
     pub fn preserve_folio(&self, pfn: Pfn, order: Order) -> Result<(), OutgoingError> {
         let block = self.folio(pfn, order)?;
         let mut st = self.open()?;
-        self.insert_blocks(&mut st, core::iter::once(block))
+        // One block: nothing to roll back, so no undo list (an allocation per call).
+        self.check_block(&st, block)?;
+        st.tracker.insert(&self.platform, &self.config.scratch, block)
     }
 
     /// Undoes [`Kho::preserve_folio`]; the shape must match exactly.
@@ -256,7 +274,7 @@ impl<P: Platform> Kho<P> {
     pub fn unpreserve_folio(&self, pfn: Pfn, order: Order) -> Result<(), OutgoingError> {
         let block = self.folio(pfn, order)?;
         let mut st = self.open()?;
-        self.remove_blocks(&mut st, &[block])
+        self.remove_blocks(&mut st, &[block], None)
     }
 
     /// Preserves `count` pages from `pfn`, split into aligned blocks (see [`crate::split`]).
@@ -277,7 +295,7 @@ impl<P: Platform> Kho<P> {
     pub fn unpreserve_pages(&self, pfn: Pfn, count: u64) -> Result<(), OutgoingError> {
         let blocks = self.range_blocks(pfn, count)?;
         let mut st = self.open()?;
-        self.remove_blocks(&mut st, &blocks)
+        self.remove_blocks(&mut st, &blocks, None)
     }
 
     fn phys_range(phys: PhysAddr, size: u64) -> Result<(Pfn, u64), OutgoingError> {
@@ -404,7 +422,7 @@ impl<P: Platform> Kho<P> {
         let s = &st.subtrees[i];
         let (pfn, _) = Self::phys_range(s.phys, 0)?;
         let blocks = self.range_blocks(pfn, s.size.unwrap_or(0).div_ceil(PAGE_SIZE))?;
-        self.remove_blocks(&mut st, &blocks)?;
+        self.remove_blocks(&mut st, &blocks, Some(name))?;
         st.subtrees.remove(i);
         Ok(())
     }
@@ -429,8 +447,9 @@ impl<P: Platform> Kho<P> {
                 Ok(f)
             }
             Err(e) => {
+                // Best effort, and every page is given back: the caller gets the first error.
                 if let Some(page) = fdt_page {
-                    st.tracker.remove(&self.platform, Block::at(page, Order::ZERO).expect("page"))?;
+                    let _ = st.tracker.remove(&self.platform, Block::at(page, Order::ZERO).expect("page"));
                     self.platform.free_meta_page(page);
                 }
                 for p in pages {
@@ -560,4 +579,12 @@ impl<P: Platform> Kho<P> {
         self.platform.free_meta_page(out.fdt_page);
         Ok(())
     }
+}
+
+/// True if `block` overlaps the pages of sub-blob `s`.
+fn blob_overlaps(s: &Subtree, block: Block) -> bool {
+    let pages = s.size.unwrap_or(0).div_ceil(PAGE_SIZE);
+    let first = s.phys.as_u64() / PAGE_SIZE;
+    let (b0, b1) = (block.pfn().as_u64(), block.end_pfn());
+    b0 < first.saturating_add(pages) && first < b1
 }

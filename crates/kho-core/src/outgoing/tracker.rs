@@ -27,50 +27,110 @@ pub struct BitmapRef {
     pub phys: PhysAddr,
 }
 
-/// Bitmap index -> bitmap address for one order, in two levels: a small sorted map of
-/// 512-slot tables. A lookup is one descent of a map with one entry per 512 bitmaps (128
-/// entries for 1 TiB tracked at order 0) and an array index, so preserve stays O(1) in
-/// practice; iteration stays sorted, which serialization needs.
+/// Bitmap index -> bitmap address for one order, in two levels: 512-slot tables, found by
+/// table number. Tables below [`DIRECT_TABLES`] (32 TiB of order-0 frames) sit in an array
+/// indexed directly, so a preserve costs one array index and one slot read; higher ones (a
+/// sparse or hostile address) in a sorted map. Iteration stays sorted, which serialization
+/// needs.
 #[derive(Debug, Default)]
 struct OrderIndex {
-    tables: BTreeMap<u64, (u32, Box<[u64; TABLE_SLOTS]>)>,
+    direct: Vec<Option<Table>>,
+    far: BTreeMap<u64, Table>,
     len: usize,
 }
 
+type Table = (u32, Box<[u64; TABLE_SLOTS]>);
+
 const TABLE_SLOTS: usize = 512;
+/// Tables held in the directly indexed array (at most 64 KiB of pointers per order).
+const DIRECT_TABLES: u64 = 4096;
 
 impl OrderIndex {
     fn split(index: u64) -> (u64, usize) {
         #[allow(clippy::cast_possible_truncation)] // < TABLE_SLOTS
         (index / TABLE_SLOTS as u64, (index % TABLE_SLOTS as u64) as usize)
     }
+    #[inline]
+    fn table(&self, t: u64) -> Option<&Table> {
+        if t < DIRECT_TABLES {
+            #[allow(clippy::cast_possible_truncation)] // < DIRECT_TABLES
+            self.direct.get(t as usize)?.as_ref()
+        } else {
+            self.far.get(&t)
+        }
+    }
+    fn table_mut(&mut self, t: u64) -> Option<&mut Table> {
+        if t < DIRECT_TABLES {
+            #[allow(clippy::cast_possible_truncation)] // < DIRECT_TABLES
+            self.direct.get_mut(t as usize)?.as_mut()
+        } else {
+            self.far.get_mut(&t)
+        }
+    }
+    fn remove_table(&mut self, t: u64) {
+        if t < DIRECT_TABLES {
+            #[allow(clippy::cast_possible_truncation)] // < DIRECT_TABLES
+            if let Some(slot) = self.direct.get_mut(t as usize) {
+                *slot = None;
+            }
+            while matches!(self.direct.last(), Some(None)) {
+                self.direct.pop();
+            }
+        } else {
+            self.far.remove(&t);
+        }
+    }
+    #[inline]
     fn get(&self, index: u64) -> Option<PhysAddr> {
         let (t, i) = Self::split(index);
-        let raw = self.tables.get(&t)?.1[i];
+        let raw = self.table(t)?.1[i];
         (raw != 0).then_some(PhysAddr::new(raw))
     }
     fn insert(&mut self, index: u64, bitmap: PhysAddr) {
         let (t, i) = Self::split(index);
-        let (used, table) = self.tables.entry(t).or_insert_with(|| (0, Box::new([0; TABLE_SLOTS])));
+        let new = || (0, Box::new([0; TABLE_SLOTS]));
+        let (used, table) = if t < DIRECT_TABLES {
+            #[allow(clippy::cast_possible_truncation)] // < DIRECT_TABLES
+            let t = t as usize;
+            if self.direct.len() <= t {
+                self.direct.resize_with(t + 1, || None);
+            }
+            self.direct[t].get_or_insert_with(new)
+        } else {
+            self.far.entry(t).or_insert_with(new)
+        };
         *used += 1;
         table[i] = bitmap.as_u64();
         self.len += 1;
     }
     fn remove(&mut self, index: u64) {
         let (t, i) = Self::split(index);
-        if let Some((used, table)) = self.tables.get_mut(&t) {
+        let mut empty = false;
+        if let Some((used, table)) = self.table_mut(t) {
             table[i] = 0;
             *used -= 1;
+            empty = *used == 0;
             self.len -= 1;
-            if *used == 0 {
-                self.tables.remove(&t);
-            }
         }
+        if empty {
+            self.remove_table(t);
+        }
+    }
+    /// Every table with number in `tlo..=thi`, ascending.
+    fn tables(&self, tlo: u64, thi: u64) -> impl Iterator<Item = (u64, &Table)> + '_ {
+        let dend = (self.direct.len() as u64).min(thi.saturating_add(1));
+        let direct = (tlo.min(dend)..dend).filter_map(move |t| {
+            #[allow(clippy::cast_possible_truncation)] // < direct.len()
+            self.direct[t as usize].as_ref().map(|x| (t, x))
+        });
+        let flo = tlo.max(DIRECT_TABLES);
+        let far = (thi >= flo).then(|| self.far.range(flo..=thi)).into_iter().flatten();
+        direct.chain(far.map(|(&t, x)| (t, x)))
     }
     /// Entries with index in `lo..=hi`, ascending.
     fn range(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, PhysAddr)> + '_ {
         let (tlo, thi) = (lo / TABLE_SLOTS as u64, hi / TABLE_SLOTS as u64);
-        self.tables.range(tlo..=thi).flat_map(move |(&t, (_, table))| {
+        self.tables(tlo, thi).flat_map(move |(t, (_, table))| {
             table.iter().enumerate().filter_map(move |(i, &raw)| {
                 let index = t * TABLE_SLOTS as u64 + i as u64;
                 (raw != 0 && (lo..=hi).contains(&index)).then_some((index, PhysAddr::new(raw)))
@@ -90,6 +150,9 @@ pub(crate) struct Tracker {
     present: u64,
     free_slots: Vec<PhysAddr>,
     page_use: BTreeMap<u64, u32>,
+    /// Lowest and one past the highest bitmap page ever used: a block outside needs no
+    /// look-up in `page_use`.
+    page_bounds: (u64, u64),
     blocks: u64,
     bytes: u64,
 }
@@ -101,7 +164,16 @@ fn platform_err(e: crate::platform::MemError) -> OutgoingError {
 impl Tracker {
     pub(crate) fn new(bitmap: BitmapBytes) -> Self {
         let orders = (0..=ORDER_LIMIT).map(|_| OrderIndex::default()).collect();
-        Self { bitmap, orders, present: 0, free_slots: Vec::new(), page_use: BTreeMap::new(), blocks: 0, bytes: 0 }
+        Self {
+            bitmap,
+            orders,
+            present: 0,
+            free_slots: Vec::new(),
+            page_use: BTreeMap::new(),
+            page_bounds: (u64::MAX, 0),
+            blocks: 0,
+            bytes: 0,
+        }
     }
 
     pub(crate) fn bitmap_bytes(&self) -> BitmapBytes {
@@ -200,14 +272,12 @@ impl Tracker {
             self.free_slots.push(PhysAddr::new(page.as_u64() + i * self.bitmap.bytes()));
         }
         self.page_use.insert(page.as_u64(), 1);
+        self.page_bounds = (self.page_bounds.0.min(page.as_u64()), self.page_bounds.1.max(page.as_u64() + PAGE_SIZE));
         Ok(page)
     }
 
-    fn free_slot<P: PhysWrite + MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) -> Result<(), OutgoingError> {
-        let zero = [0u8; 512];
-        for off in (0..self.bitmap.bytes()).step_by(512) {
-            plat.write_phys(PhysAddr::new(slot.as_u64() + off), &zero).map_err(platform_err)?;
-        }
+    /// Returns an all-zero slot to the free list (its page to the platform when unused).
+    fn release_slot<P: MetaAlloc + ?Sized>(&mut self, plat: &P, slot: PhysAddr) {
         let page = slot.as_u64() & !(PAGE_SIZE - 1);
         let used = self.page_use.get_mut(&page).expect("slot belongs to a tracked page");
         *used -= 1;
@@ -218,7 +288,6 @@ impl Tracker {
         } else {
             self.free_slots.push(slot);
         }
-        Ok(())
     }
 
     /// Sets a block's bit (the caller checked overlap and bounds).
@@ -229,21 +298,26 @@ impl Tracker {
         block: Block,
     ) -> Result<(), OutgoingError> {
         let (index, off, mask) = self.locate(block);
-        let bm = match self.slot(block.order(), index) {
-            Some(bm) => bm,
-            None => {
-                let bm = self.alloc_slot(plat, scratch)?;
-                let o = block.order().as_u32() as usize;
-                if let Some(units) = self.orders.get_mut(o) {
-                    units.insert(index, bm);
-                    self.present |= 1 << o;
-                }
-                bm
-            }
+        let (bm, fresh) = match self.slot(block.order(), index) {
+            Some(bm) => (bm, false),
+            None => (self.alloc_slot(plat, scratch)?, true),
         };
         let addr = PhysAddr::new(bm.as_u64() + off);
-        let w = plat.read_u64(addr).map_err(platform_err)?;
-        plat.write_u64(addr, w | mask).map_err(platform_err)?;
+        let set = plat.read_u64(addr).and_then(|w| plat.write_u64(addr, w | mask));
+        if let Err(e) = set {
+            if fresh {
+                // The slot is still all zero: give it back without writing to it.
+                self.release_slot(plat, bm);
+            }
+            return Err(platform_err(e));
+        }
+        if fresh {
+            let o = block.order().as_u32() as usize;
+            if let Some(units) = self.orders.get_mut(o) {
+                units.insert(index, bm);
+                self.present |= 1 << o;
+            }
+        }
         self.blocks += 1;
         self.bytes += block.order().bytes();
         Ok(())
@@ -273,7 +347,8 @@ impl Tracker {
                     self.present &= !(1 << o);
                 }
             }
-            self.free_slot(plat, bm)?;
+            // Checked all zero above: no write needed to recycle it.
+            self.release_slot(plat, bm);
         }
         Ok(true)
     }
@@ -338,6 +413,9 @@ impl Tracker {
     }
     /// The first bitmap page inside `[start, end)`, if any.
     pub(crate) fn bitmap_page_in(&self, start: u64, end: u64) -> Option<u64> {
+        if end <= self.page_bounds.0 || start >= self.page_bounds.1 {
+            return None;
+        }
         self.page_use.range(start..end).next().map(|(&p, _)| p)
     }
     /// Number of pages holding bitmaps.

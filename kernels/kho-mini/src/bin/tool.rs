@@ -30,7 +30,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 return Err("usage: pack --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] OUT".into());
             };
             let k = std::fs::read(&kernel).map_err(|e| format!("{kernel}: {e}"))?;
-            kho_mini::bzimage::BzImage::parse(&k, k.len() as u64).map_err(|e| format!("{kernel}: {e}"))?;
+            kho_boot::bzimage::BzImage::parse(&k).map_err(|e| format!("{kernel}: {e}"))?;
             let i = match &initrd {
                 Some(p) => std::fs::read(p).map_err(|e| format!("{p}: {e}"))?,
                 None => Vec::new(),
