@@ -362,6 +362,16 @@ fn unlinked_file() -> Result<OwnedFd, SimError> {
 mod tests {
     use super::*;
 
+    /// The engine's backend contract (kho_core::testing), on the simulator's RAM: the last
+    /// pages of RAM, where a read or write one byte past the end must fail.
+    #[test]
+    fn ram_keeps_the_engine_backend_contract() {
+        let size = RAM_BASE + 4 * PAGE_SIZE;
+        let ram = Ram::create(size).unwrap();
+        let backed = PhysRange::new(PhysAddr::new(size - 3 * PAGE_SIZE), 3 * PAGE_SIZE).unwrap();
+        kho_core::testing::check_phys_write(&ram, backed);
+    }
+
     #[test]
     fn sparse_terabyte_costs_only_touched_pages() {
         let ram = Ram::create(1 << 40).unwrap();

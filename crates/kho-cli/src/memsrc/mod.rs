@@ -447,6 +447,17 @@ impl PhysRead for MemSource {
 mod tests {
     use super::*;
 
+    /// The engine's backend contract (kho_core::testing::check_phys_read), on a memory source
+    /// made of two merged segments: reads inside agree, reads past the end fail as reads.
+    #[test]
+    fn memory_source_keeps_the_engine_backend_contract() {
+        let mut pages = SparsePages::new();
+        pages.insert(1, vec![0x5a; 4096].into_boxed_slice());
+        let mut m = MemSource::from_pages("a", 0x1_0000, 0x2000, pages).unwrap();
+        m.merge(MemSource::from_pages("b", 0x1_2000, 0x1000, SparsePages::new()).unwrap()).unwrap();
+        kho_core::testing::check_phys_read(&m, PhysRange::new(PhysAddr::new(0x1_0000), 0x3000).unwrap());
+    }
+
     fn page(fill: u8) -> Box<[u8]> {
         vec![fill; PAGE_SIZE as usize].into_boxed_slice()
     }
