@@ -202,6 +202,9 @@ make_initramfs() {
 # boot_qemu KERNEL INITRD APPEND TIMEOUT LOG: see the header.
 boot_qemu() {
   local kernel="$1" initrd="$2" append="$3" timeout_s="$4" log_file="$5" rc=0
+  # Under TCG on a loaded host the IO-APIC timer check can miss its ticks and panic the
+  # guest ("IO-APIC + timer doesn't work!"); the check proves nothing about KHO, so skip it.
+  case " $append " in *" no_timer_check "*) ;; *) append="$append no_timer_check" ;; esac
   log "booting $(basename "$kernel") (timeout ${timeout_s}s, serial: $log_file)"
   local t0=$SECONDS
   timeout --kill-after=10 "$timeout_s" nice -n 5 qemu-system-x86_64 -machine q35 -accel tcg -cpu max \

@@ -129,7 +129,9 @@ fn best(budget: Duration, mut f: impl FnMut() -> Duration) -> Duration {
     let t0 = Instant::now();
     let mut best = f();
     let mut n = 1;
-    while n < 9 && t0.elapsed() + best < budget {
+    // A second run even over budget when it is short: one descheduling on a shared machine
+    // must not become the result.
+    while n < 9 && (t0.elapsed() + best < budget || (n < 3 && best < Duration::from_millis(200))) {
         best = best.min(f());
         n += 1;
     }
@@ -221,6 +223,9 @@ fn ns_per(d: Duration, n: u64) -> f64 {
 /// Times validate + reserve of the handover `ptr` (best of several when quick).
 fn ours(kho: &Kho<DirectMap>, fin: &kho_core::Finalized, cfg: &IncomingConfig, budget: Duration) -> (Time, u64) {
     let mut ranges = 0;
+    // One untimed run first: its heap pages stay mapped for the timed ones (a kernel's
+    // allocator hands out memory that is already mapped; see `kho bench`'s malloc tunables).
+    drop(black_box(Handover::parse(kho.platform(), &fin.ptr, cfg).expect("our own handover validates")));
     let d = best(budget, || {
         let mut map = CountingMap::default();
         let t0 = Instant::now();

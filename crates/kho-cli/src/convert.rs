@@ -34,7 +34,6 @@ use kho_core::format::root::{self, Subtree};
 use kho_core::format::{BitmapBytes, scratch, v1, v4};
 use kho_core::incoming::Handover;
 use kho_core::platform::{AllocError, MemError, MetaAlloc, PhysWrite};
-use kho_core::testing::SparseMem;
 use kho_core::{Block, BlockSet, FormatVersion, HandoverPtr, Order, PAGE_SIZE, PhysAddr, PhysRange, PhysRead};
 use serde::Serialize;
 
@@ -86,10 +85,66 @@ pub struct ConvertArgs {
     pub out_v1_bitmap_bytes: Option<u64>,
 }
 
+/// The output image: RAM as a sparse map of pages (frame number to contents); pages never
+/// written read as zero. The converter's own memory, not the engine's test double.
+#[derive(Default)]
+struct PageImage {
+    pages: Mutex<BTreeMap<u64, Box<[u8; PAGE_SIZE as usize]>>>,
+}
+
+impl PageImage {
+    /// Visits `[phys, phys + len)` page by page as `(frame, offset in page, offset in buffer, n)`.
+    fn chunks(phys: PhysAddr, len: usize, mut f: impl FnMut(u64, usize, usize, usize)) -> Option<()> {
+        let mut addr = phys.as_u64();
+        let mut done = 0usize;
+        phys.as_u64().checked_add(len as u64)?;
+        while done < len {
+            let in_page = (addr % PAGE_SIZE) as usize;
+            let n = (PAGE_SIZE as usize - in_page).min(len - done);
+            f(addr / PAGE_SIZE, in_page, done, n);
+            done += n;
+            addr += n as u64;
+        }
+        Some(())
+    }
+
+    /// Forgets a page (it reads as zero again).
+    fn zero_page(&self, page: PhysAddr) {
+        self.lock().remove(&(page.as_u64() / PAGE_SIZE));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Box<[u8; PAGE_SIZE as usize]>>> {
+        self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl PhysRead for PageImage {
+    fn read_phys(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), MemError> {
+        let pages = self.lock();
+        let len = buf.len();
+        PageImage::chunks(phys, len, |frame, off, at, n| match pages.get(&frame) {
+            Some(p) => buf[at..at + n].copy_from_slice(&p[off..off + n]),
+            None => buf[at..at + n].fill(0),
+        })
+        .ok_or(MemError::read(phys, len as u64))
+    }
+}
+
+impl PhysWrite for PageImage {
+    fn write_phys(&self, phys: PhysAddr, data: &[u8]) -> Result<(), MemError> {
+        let mut pages = self.lock();
+        PageImage::chunks(phys, data.len(), |frame, off, at, n| {
+            let p = pages.entry(frame).or_insert_with(|| Box::new([0u8; PAGE_SIZE as usize]));
+            p[off..off + n].copy_from_slice(&data[at..at + n]);
+        })
+        .ok_or(MemError::write(phys, data.len() as u64))
+    }
+}
+
 /// The machine the new handover is written into: sparse RAM plus a page allocator over the
 /// free pages.
 struct OutMachine {
-    mem: SparseMem,
+    mem: PageImage,
     free: Mutex<FreePages>,
 }
 
@@ -269,7 +324,7 @@ struct Converted {
     notes: Vec<String>,
 }
 
-fn copy_range<M: PhysRead + ?Sized>(src: &M, dst: &SparseMem, range: PhysRange) -> anyhow::Result<()> {
+fn copy_range<M: PhysRead + ?Sized>(src: &M, dst: &PageImage, range: PhysRange) -> anyhow::Result<()> {
     let mut buf = vec![0u8; PAGE_SIZE as usize];
     let mut at = range.start().as_u64();
     while at < range.end().as_u64() {
@@ -304,7 +359,7 @@ fn convert<M: PhysRead + ?Sized>(
     busy.extend(h.metadata_pages().iter().filter_map(|&p| PhysRange::new(p, PAGE_SIZE)));
     let busy = merge_ranges(busy);
     let machine = OutMachine {
-        mem: SparseMem::new(),
+        mem: PageImage::default(),
         free: Mutex::new(FreePages { ram, busy, next: LOW_LIMIT, returned: Vec::new(), taken: Vec::new() }),
     };
     let fdt_page = match old_fdt {
@@ -510,7 +565,7 @@ fn write_outputs(
 }
 
 /// Every non-zero page of the output machine, by frame number.
-fn collect_pages(mem: &SparseMem, out: &Converted, h: &Handover) -> BTreeMap<u64, Vec<u8>> {
+fn collect_pages(mem: &PageImage, out: &Converted, h: &Handover) -> BTreeMap<u64, Vec<u8>> {
     let mut frames: Vec<u64> = out.metadata_pages.iter().map(|p| p.as_u64() / PAGE_SIZE).collect();
     frames.push(out.ptr.fdt.as_u64() / PAGE_SIZE);
     for s in h.subtrees() {
@@ -534,4 +589,26 @@ fn collect_pages(mem: &SparseMem, out: &Converted, h: &Handover) -> BTreeMap<u64
         }
     }
     pages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_image_reads_back_across_pages_and_forgets_zeroed_pages() {
+        let m = PageImage::default();
+        let data: Vec<u8> = (1..=16u8).collect();
+        m.write_phys(PhysAddr::new(0x1ff8), &data).unwrap();
+        let mut buf = [0u8; 20];
+        m.read_phys(PhysAddr::new(0x1ff6), &mut buf).unwrap();
+        assert_eq!(&buf[..2], &[0, 0]);
+        assert_eq!(&buf[2..18], data.as_slice());
+        assert_eq!(m.lock().len(), 2, "two pages written");
+        m.zero_page(PhysAddr::new(0x1000));
+        m.read_phys(PhysAddr::new(0x1ff8), &mut buf[..8]).unwrap();
+        assert_eq!(&buf[..8], &[0; 8]);
+        let e = m.write_phys(PhysAddr::new(u64::MAX - 3), &data).unwrap_err();
+        assert_eq!(e, MemError::write(PhysAddr::new(u64::MAX - 3), 16));
+    }
 }

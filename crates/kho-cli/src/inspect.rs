@@ -25,8 +25,8 @@ use kho_core::format::root::{self, Subtree};
 use kho_core::format::{WalkContext, scratch, v1, v4};
 use kho_core::incoming::{Handover, IncomingConfig, OversizedPolicy};
 use kho_core::{
-    BitmapBytes, BlockSet, DecodeError, DecodeErrorKind, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE,
-    PhysAddr, PhysRange, PhysRead,
+    BitmapBytes, BlockSet, DecodeError, Field, FormatVersion, HandoverPtr, Limits, Order, PAGE_SIZE, PhysAddr,
+    PhysRange, PhysRead,
 };
 
 use crate::live;
@@ -89,6 +89,10 @@ pub struct InputArgs {
     /// Treat blocks above --max-order as invalid (by default they are reported and counted).
     #[arg(long)]
     pub reject_oversized: bool,
+    /// List every preserved block and range in the report, however many. Without it, lists
+    /// longer than 4096 entries are left out (counts and totals are always complete).
+    #[arg(long)]
+    pub blocks: bool,
 }
 
 /// Arguments of `kho inspect` and `kho validate`.
@@ -171,6 +175,9 @@ fn validate_text(r: &Report) -> String {
     };
     for n in &r.notes {
         s.push_str(&format!("note: {n}\n"));
+    }
+    for w in &r.warnings {
+        s.push_str(&format!("warning: {w}\n"));
     }
     s
 }
@@ -287,29 +294,12 @@ fn setup_data_file(p: &Path, bytes: &[u8]) -> anyhow::Result<HandoverPtr> {
     ptr.with_context(|| format!("--setup-data {}", p.display()))
 }
 
-/// Reads the root FDT at the setup_data address: header, then `totalsize` bytes, which
-/// must fit the size the previous kernel passed.
+/// Reads the root FDT at the setup_data address with the engine's one reader (which checks
+/// the pointer, `fdt_size` and the 52-bit limit first, as the library and simulator do).
 fn fdt_from_memory(mem: &MemSource, ptr: &HandoverPtr, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
-    let what = Field::RootFdt;
-    if ptr.fdt.is_null() {
-        return Err(DecodeError::new(Field::SetupData, PhysAddr::new(0), DecodeErrorKind::Null));
-    }
-    let mut hdr = [0u8; FDT_HEADER_BYTES];
-    mem.read_phys(ptr.fdt, &mut hdr).map_err(|e| DecodeError::unreadable(what, e))?;
-    let total = u64::from(header_totalsize(&hdr, what, ptr.fdt)?);
-    if total > ptr.fdt_size || total > limits.max_blob_bytes || total < FDT_HEADER_BYTES as u64 {
-        return Err(DecodeError::new(
-            what,
-            ptr.fdt,
-            DecodeErrorKind::BadValue {
-                found: total,
-                expected: "an FDT totalsize within the fdt_size the previous kernel passed",
-            },
-        ));
-    }
-    let mut buf = vec![0u8; usize::try_from(total).unwrap_or(0)];
-    mem.read_phys(ptr.fdt, &mut buf).map_err(|e| DecodeError::unreadable(what, e))?;
-    Ok(buf)
+    let mut cfg = IncomingConfig::new(mem.ram());
+    cfg.limits = *limits;
+    kho_core::incoming::read_root_fdt(mem, ptr, &cfg)
 }
 
 /// Reads every input. Usage problems (missing files, bad arguments) are errors; problems
@@ -404,7 +394,14 @@ pub fn load(a: &InputArgs) -> anyhow::Result<Loaded> {
     let fdt_phys = a.fdt_phys.map(PhysAddr::new).or(ptr.map(|p| p.fdt));
 
     let (mut fdt, mut fdt_origin) = match (&fdt_path, &ptr) {
-        (Some(path), _) => (Some(read_file(path, "root FDT")?), path.display().to_string()),
+        (Some(path), ptr) => {
+            // The FDT comes from a file, but the setup_data pointer must still be one the next
+            // kernel would accept.
+            if let Some(Err(e)) = ptr.map(|p| kho_core::incoming::check_handover_ptr(&p, &limits)) {
+                problems.push(Problem::from_error(&e));
+            }
+            (Some(read_file(path, "root FDT")?), path.display().to_string())
+        }
         (None, Some(ptr)) => match fdt_from_memory(&mem, ptr, &limits) {
             Ok(b) => (Some(b), format!("memory at {}", ptr.fdt)),
             Err(e) => {
@@ -564,7 +561,7 @@ pub fn analyze(l: &Loaded, a: &InputArgs) -> Analysis {
             None => (BlockSet::new(), Vec::new(), Vec::new(), 0),
         },
     };
-    fill_preserved(r, &preserved, &ranges, oversized);
+    fill_preserved(r, &preserved, &ranges, oversized, a.blocks);
     let mut scratch = l.scratch.clone();
     scratch.sort_unstable();
     let bctx = blobs::Ctx {
@@ -578,9 +575,10 @@ pub fn analyze(l: &Loaded, a: &InputArgs) -> Analysis {
         follow: true,
     };
     for s in &subtrees {
-        let (entry, problems) = decode_subtree(&bctx, s);
+        let (entry, problems, warnings) = decode_subtree(&bctx, s);
         r.subtrees.push(entry);
         r.problems.extend(problems);
+        r.warnings.extend(warnings);
     }
     r.valid = r.problems.is_empty() && v.handover.is_some();
     if r.format.as_deref() == Some("kho-v1") {
@@ -648,8 +646,9 @@ fn analyze_consumed(l: &Loaded, fdt: &[u8], fdt_phys: PhysAddr, cfg: &IncomingCo
         }
         // A blob's owner may free it once restored: content that no longer decodes is told,
         // not held against the handover (its placement, from the FDT, is checked above).
-        let (entry, problems) = decode_subtree(&bctx, s);
+        let (entry, problems, warnings) = decode_subtree(&bctx, s);
         r.subtrees.push(entry);
+        r.warnings.extend(warnings);
         r.notes.extend(
             problems
                 .into_iter()
@@ -671,13 +670,33 @@ fn resolve_v1_size(mem: &MemSource, version: FormatVersion, mut s: Subtree) -> S
     s
 }
 
-fn fill_preserved(r: &mut Report, set: &BlockSet, ranges: &[PhysRange], oversized: u64) {
-    r.preserved = set
-        .sorted_by_address()
-        .iter()
-        .map(|b| BlockEntry { phys: b.phys().as_u64(), order: b.order().as_u32() })
-        .collect();
-    r.ranges = ranges.iter().map(|&x| Range::from(x)).collect();
+/// Most blocks (and ranges) listed without `--blocks`: a report costs what the metadata
+/// costs, not what the preserved set describes (1 TiB at order 0 is 2^28 blocks).
+pub const LIST_LIMIT: u64 = 4096;
+
+fn fill_preserved(r: &mut Report, set: &BlockSet, ranges: &[PhysRange], oversized: u64, all: bool) {
+    let list_blocks = all || set.len() <= LIST_LIMIT;
+    if list_blocks {
+        r.preserved = set
+            .sorted_by_address()
+            .iter()
+            .map(|b| BlockEntry { phys: b.phys().as_u64(), order: b.order().as_u32() })
+            .collect();
+    } else {
+        r.notes.push(format!(
+            "{} preserved blocks: the block list is left out above {LIST_LIMIT} (--blocks lists them all); the \
+             per-order counts and totals are complete",
+            set.len()
+        ));
+    }
+    let list_ranges = all || ranges.len() as u64 <= LIST_LIMIT;
+    let shown = if list_ranges { ranges.len() } else { LIST_LIMIT as usize };
+    r.ranges = ranges.iter().take(shown).map(|&x| Range::from(x)).collect();
+    if !list_ranges {
+        r.notes
+            .push(format!("{} ranges: only the first {LIST_LIMIT} are listed (--blocks lists them all)", ranges.len()));
+    }
+    r.lists_complete = list_blocks && list_ranges;
     r.orders = set
         .count_by_order()
         .iter()
@@ -694,7 +713,7 @@ fn fill_preserved(r: &mut Report, set: &BlockSet, ranges: &[PhysRange], oversize
 }
 
 /// Reads a sub-blob and decodes it by name (known ABIs) or by content (any FDT).
-fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Problem>) {
+fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Problem>, Vec<String>) {
     let mut entry = report::Subtree {
         name: s.name.clone(),
         phys: s.phys.as_u64(),
@@ -706,12 +725,12 @@ fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Prob
     let mut problems = Vec::new();
     let Some(size) = s.size.filter(|&n| n > 0 && n <= c.limits.max_blob_bytes) else {
         entry.error = Some("size unknown or above the blob limit".into());
-        return (entry, problems);
+        return (entry, problems, Vec::new());
     };
     let mut blob = vec![0u8; usize::try_from(size).unwrap_or(0)];
     if let Err(e) = c.mem.read_phys(s.phys, &mut blob) {
         entry.error = Some(DecodeError::unreadable(Field::Blob, e).to_string());
-        return (entry, problems);
+        return (entry, problems, Vec::new());
     }
     let d = blobs::decode(c, &s.name, &blob, s.phys);
     entry.kind = d.kind.to_string();
@@ -721,7 +740,8 @@ fn decode_subtree(c: &blobs::Ctx<'_>, s: &Subtree) -> (report::Subtree, Vec<Prob
         problems.push(Problem::new("blob", format!("sub-blob {:?} at {}: {e}", s.name, s.phys)));
         entry.error = Some(e);
     }
-    (entry, problems)
+    let warnings = d.warning.into_iter().map(|w| format!("sub-blob {:?} at {}: {w}", s.name, s.phys)).collect();
+    (entry, problems, warnings)
 }
 
 /// Decoders for the sub-blob ABIs the tool knows (by sub-node name, as Linux looks them up,
@@ -759,14 +779,46 @@ mod blobs {
         pub problems: Vec<String>,
         /// Why it does not decode.
         pub error: Option<String>,
+        /// Content the next kernel ignores with a warning (the handover stays valid).
+        pub warning: Option<String>,
     }
 
     impl Decoded {
         fn ok(kind: &'static str, value: Value, problems: Vec<String>) -> Self {
-            Self { kind, value: Some(value), problems, error: None }
+            Self { kind, value: Some(value), problems, error: None, warning: None }
         }
         fn err(kind: &'static str, e: &DecodeError) -> Self {
-            Self { kind, value: None, problems: Vec::new(), error: Some(e.to_string()) }
+            Self { kind, value: None, problems: Vec::new(), error: Some(e.to_string()), warning: None }
+        }
+    }
+
+    /// kexec-metadata: Linux ignores a blob of another version with a warning (spec §2.5,
+    /// consumer check 3), so it is a warning here too, not an invalid handover.
+    fn decode_kexec_metadata(blob: &[u8], at: PhysAddr) -> Decoded {
+        let version = blob.get(..4).map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+        match version {
+            Some(v) if v != kho_core::format::kexec_metadata::VERSION => Decoded {
+                kind: "kexec-metadata",
+                value: Some(json!({ "version": v, "ignored": true })),
+                problems: Vec::new(),
+                error: None,
+                warning: Some(format!(
+                    "kexec-metadata version {v}, not {}: Linux warns and ignores this blob",
+                    kho_core::format::kexec_metadata::VERSION
+                )),
+            },
+            _ => match KexecMetadata::parse(blob, at) {
+                Ok(m) => Decoded::ok(
+                    "kexec-metadata",
+                    json!({
+                        "version": m.version,
+                        "previous_release": m.previous_release,
+                        "kexec_count": m.kexec_count,
+                    }),
+                    Vec::new(),
+                ),
+                Err(e) => Decoded::err("kexec-metadata", &e),
+            },
         }
     }
 
@@ -786,18 +838,7 @@ mod blobs {
             None
         };
         match (name, compat.as_deref()) {
-            ("kexec-metadata", _) => match KexecMetadata::parse(blob, at) {
-                Ok(m) => Decoded::ok(
-                    "kexec-metadata",
-                    json!({
-                        "version": m.version,
-                        "previous_release": m.previous_release,
-                        "kexec_count": m.kexec_count,
-                    }),
-                    Vec::new(),
-                ),
-                Err(e) => Decoded::err("kexec-metadata", &e),
-            },
+            ("kexec-metadata", _) => decode_kexec_metadata(blob, at),
             (test_kho::SUBTREE_NAME, _) | (_, Some(test_kho::COMPATIBLE)) => decode_test_kho(c, blob, at),
             ("memblock", _) | (_, Some(memblock::COMPATIBLE)) => match memblock::parse(blob, at) {
                 Ok(regions) => {
@@ -823,7 +864,7 @@ mod blobs {
                 Ok(tree) => Decoded::ok("fdt", fdt_json(&tree.root), Vec::new()),
                 Err(e) => Decoded::err("fdt", &e),
             },
-            _ => Decoded { kind: "binary", value: None, problems: Vec::new(), error: None },
+            _ => Decoded { kind: "binary", value: None, problems: Vec::new(), error: None, warning: None },
         }
     }
 
@@ -881,7 +922,7 @@ mod blobs {
                 );
                 Decoded::ok("test_kho", v, problems)
             }
-            Err(e) => Decoded { kind: "test_kho", value: Some(v), problems, error: Some(e.to_string()) },
+            Err(e) => Decoded { kind: "test_kho", value: Some(v), problems, error: Some(e.to_string()), warning: None },
         }
     }
 
@@ -927,6 +968,27 @@ mod tests {
     struct Args {
         #[command(flatten)]
         input: InputArgs,
+    }
+
+    #[test]
+    fn long_lists_are_left_out_unless_asked_for() {
+        // 5000 order-0 blocks, every other page: 5000 blocks, 5000 ranges.
+        let mut set = BlockSet::new();
+        for i in 0..5000u64 {
+            set.insert(kho_core::Block::at(PhysAddr::new(0x100_0000 + i * 0x2000), Order::ZERO).unwrap());
+        }
+        let ranges = set.coalesced_ranges().unwrap();
+        let mut r = Report::default();
+        fill_preserved(&mut r, &set, &ranges, 0, false);
+        assert!(r.preserved.is_empty());
+        assert_eq!(r.ranges.len() as u64, LIST_LIMIT);
+        assert!(!r.lists_complete);
+        assert_eq!((r.totals.blocks, r.totals.ranges, r.totals.pages), (5000, 5000, 5000));
+        assert!(r.notes.iter().any(|n| n.contains("--blocks")), "{:?}", r.notes);
+        let mut r = Report::default();
+        fill_preserved(&mut r, &set, &ranges, 0, true);
+        assert_eq!((r.preserved.len(), r.ranges.len()), (5000, 5000));
+        assert!(r.lists_complete);
     }
 
     fn capture(file: &str) -> PathBuf {
@@ -996,10 +1058,14 @@ mod tests {
         let r = analyze(&l, &a).report;
         assert!(r.valid && r.consumed, "{:?}", r.problems);
         assert_eq!(r.subtrees.len(), 2);
-        assert!(r.subtrees.iter().all(|s| s.error.is_some()), "{:?}", r.subtrees);
+        assert!(r.subtrees[0].error.is_some(), "{:?}", r.subtrees);
         let reused: Vec<&String> = r.notes.iter().filter(|n| n.contains("may have reused the memory")).collect();
-        assert_eq!(reused.len(), 2, "{:#?}", r.notes);
+        assert_eq!(reused.len(), 1, "{:#?}", r.notes);
         assert!(reused[0].contains("sub-blob \"kho_test\" at 0x292000"), "{}", reused[0]);
+        // Zeroed kexec-metadata reads as version 0: Linux warns and ignores it (spec §2.5).
+        assert_eq!(r.subtrees[1].decoded.as_ref().unwrap()["ignored"], true);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("kexec-metadata version 0, not 1"), "{}", r.warnings[0]);
     }
 
     #[test]

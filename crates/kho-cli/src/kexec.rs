@@ -217,13 +217,13 @@ pub fn run(a: KexecArgs) -> anyhow::Result<ExitCode> {
     }
     let ram = firmware.ram_ranges();
     if usize::from(firmware.e820_entries) == kho_boot::bootparams::E820_MAX_ENTRIES {
-        eprintln!(
+        crate::errln!(
             "kho kexec: note: the zero page's e820 table is full (128 entries); entries the firmware passed beyond \
              it (SETUP_E820_EXT) are not carried over"
         );
     }
     if a.efi_systab.exists() {
-        eprintln!(
+        crate::errln!(
             "kho kexec: note: EFI boot: the next kernel gets the ACPI RSDP but no EFI memory map or runtime services"
         );
     }
@@ -353,7 +353,7 @@ pub fn run(a: KexecArgs) -> anyhow::Result<ExitCode> {
     }
     report(&a, &bz, &cmdline, &scratch, &segments, boot.entry, written.as_ref(), &verdict);
     if !ok {
-        eprintln!("kho kexec: our own incoming side disagrees with what was expected; nothing loaded");
+        crate::errln!("kho kexec: our own incoming side disagrees with what was expected; nothing loaded");
         return Ok(ExitCode::from(1));
     }
     if a.dry_run {
@@ -361,7 +361,7 @@ pub fn run(a: KexecArgs) -> anyhow::Result<ExitCode> {
     }
     load(boot.entry, &segments)?;
     if !a.json {
-        println!(
+        crate::outln!(
             "loaded: {} segments, entry {}; run `kexec -e` (or pass --exec) to boot it",
             segments.len(),
             boot.entry
@@ -411,10 +411,10 @@ fn report(
             "self_check": verdict,
             "dry_run": a.dry_run,
         });
-        println!("{doc:#}");
+        crate::outln!("{doc:#}");
         return;
     }
-    println!(
+    crate::outln!(
         "kernel: {} (boot protocol {}.{}, {} payload, init_size {}, align {:#x}, pref_address {:#x})",
         a.kernel.display(),
         bz.version() >> 8,
@@ -424,13 +424,13 @@ fn report(
         bz.alignment(),
         bz.pref_address()
     );
-    println!("cmdline: {cmdline}");
+    crate::outln!("cmdline: {cmdline}");
     for s in scratch {
-        println!("scratch: {:#x}-{:#x} ({})", s.start().as_u64(), s.end().as_u64(), mib(s.len()));
+        crate::outln!("scratch: {:#x}-{:#x} ({})", s.start().as_u64(), s.end().as_u64(), mib(s.len()));
     }
-    println!("{:<9} {:>12} {:>12} {:>12}  where", "segment", "mem", "memsz", "bufsz");
+    crate::outln!("{:<9} {:>12} {:>12} {:>12}  where", "segment", "mem", "memsz", "bufsz");
     for s in segments {
-        println!(
+        crate::outln!(
             "{:<9} {:>#12x} {:>#12x} {:>#12x}  {}",
             s.placed.what,
             s.placed.range.start().as_u64(),
@@ -439,9 +439,9 @@ fn report(
             if s.placed.in_scratch { "scratch" } else { "outside scratch" }
         );
     }
-    println!("entry: {entry} (trampoline: rsi = zero page, jump to kernel + 0x200)");
+    crate::outln!("entry: {entry} (trampoline: rsi = zero page, jump to kernel + 0x200)");
     if let Some(w) = written {
-        println!(
+        crate::outln!(
             "handover: kho-v4, FDT {}, scratch array {} ({} bytes), {} folios, csum {:#010x}, {} blocks ({}) preserved{}",
             w.ptr.fdt,
             w.ptr.scratch,
@@ -453,15 +453,18 @@ fn report(
             a.corrupt.map_or(String::new(), |c| format!(", CORRUPTED: {}", Corruption::from(c).name()))
         );
         match verdict.get("accepted").and_then(serde_json::Value::as_bool) {
-            Some(true) if a.corrupt.is_none() => println!(
+            Some(true) if a.corrupt.is_none() => crate::outln!(
                 "self-check: our incoming side accepts it; test_kho restore path: {} folios restored, csum {} matches",
                 verdict["folios"],
                 verdict["csum"].as_str().unwrap_or("?")
             ),
             Some(false) if a.corrupt.is_some() => {
-                println!("self-check: refused as expected: {}", verdict["refused_as_expected"].as_str().unwrap_or("?"));
+                crate::outln!(
+                    "self-check: refused as expected: {}",
+                    verdict["refused_as_expected"].as_str().unwrap_or("?")
+                );
             }
-            _ => println!("self-check: FAILED: {}", verdict["error"].as_str().unwrap_or("?")),
+            _ => crate::outln!("self-check: FAILED: {}", verdict["error"].as_str().unwrap_or("?")),
         }
     }
 }

@@ -36,8 +36,12 @@ pub struct Report {
     pub subtrees: Vec<Subtree>,
     /// Scratch areas, sorted.
     pub scratch: Vec<Range>,
-    /// Every preserved block, sorted by address then order.
+    /// Every preserved block, sorted by address then order (empty above 4096 blocks unless
+    /// `--blocks` was given; see `lists_complete`).
     pub preserved: Vec<BlockEntry>,
+    /// True when `preserved` and `ranges` list everything (false when left out or cut at
+    /// 4096 entries without `--blocks`).
+    pub lists_complete: bool,
     /// Preserved memory as sorted, disjoint, coalesced ranges.
     pub ranges: Vec<Range>,
     /// Per-order counts, ascending by order.
@@ -48,6 +52,9 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Remarks that are not problems (assumptions, skipped input).
     pub notes: Vec<String>,
+    /// Content the next kernel would ignore with a warning, as Linux does (e.g. an optional
+    /// blob of an unknown version); the handover stays valid.
+    pub warnings: Vec<String>,
 }
 
 /// Where the inputs came from.
@@ -274,6 +281,9 @@ impl Report {
         }
         for n in &self.notes {
             let _ = writeln!(o, "note: {n}");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(o, "warning: {w}");
         }
         if self.problems.is_empty() && self.consumed {
             let _ = writeln!(o, "\n{}", crate::live::CONSUMED_MESSAGE);

@@ -70,7 +70,7 @@ kexec -e
 echo "KHO-MINI: kexec -e returned $?"
 GUEST
 
-append3="console=ttyS0 kho=on panic=-1 kho_mini_stage=3"
+append3="console=ttyS0 kho=on no_timer_check panic=-1 kho_mini_stage=3"
 make_initramfs "$work/stage3.cpio" "$work/guest.sh" "$kho_bin:/bin/kho"
 "$mini/kho-mini-tool" pack --kernel "$kdir/bzImage" --initrd "$work/stage3.cpio" --cmdline "$append3" "$work/payload.bin"
 append1="console=ttyS0 kho=on kho_scratch=32M,128M,32M panic=-1"

@@ -133,6 +133,27 @@ pub struct WalkContext<'a, M: ?Sized> {
     pub metadata_pages: Vec<PhysAddr>,
 }
 
+impl<M: ?Sized> WalkContext<'_, M> {
+    /// Refuses a memory map that already claims more preserved bytes than RAM holds: a cheap
+    /// bound checked as blocks are added, so a map that repeats itself is refused before it
+    /// costs anything.
+    ///
+    /// # Errors
+    /// [`DecodeErrorKind::BadValue`] naming the structure just decoded (`what` at `at`).
+    pub fn check_claim(&self, what: Field, at: PhysAddr, set: &crate::blockset::BlockSet) -> Result<(), DecodeError> {
+        let ram: u64 = self.ram.iter().fold(0u64, |a, r| a.saturating_add(r.len()));
+        let claimed = set.total_bytes();
+        if claimed > ram {
+            return Err(DecodeError::new(
+                what,
+                at,
+                DecodeErrorKind::BadValue { found: claimed, expected: "preserved bytes no more than RAM holds" },
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<'a, M: PhysRead + ?Sized> WalkContext<'a, M> {
     /// A context with no pages visited yet.
     pub fn new(mem: &'a M, ram: &'a [PhysRange], scratch: &'a [PhysRange], limits: Limits) -> Self {
@@ -158,13 +179,7 @@ impl<'a, M: PhysRead + ?Sized> WalkContext<'a, M> {
         if !ptr.is_aligned(align) {
             return Err(DecodeError::new(what, at, DecodeErrorKind::Misaligned { value: ptr.as_u64(), align }));
         }
-        let Some(range) = PhysRange::new(ptr, len.max(1)) else {
-            return Err(DecodeError::new(
-                what,
-                at,
-                DecodeErrorKind::BadValue { found: ptr.as_u64(), expected: "a range that does not wrap" },
-            ));
-        };
+        let range = check_phys_range(what, at, ptr, len.max(1))?;
         check_in_ram(self.ram, what, at, range)?;
         check_not_in_scratch(self.scratch, what, at, range)?;
         Ok(range)
@@ -221,6 +236,28 @@ impl<M: PhysRead + ?Sized> WalkContext<'_, M> {
             self.metadata_pages.push(page);
         }
         self.mem.read_phys(ptr, buf).map_err(|e| DecodeError::unreadable(what, e))
+    }
+}
+
+/// Checks that `[ptr, ptr + len)` is a physical range: it does not wrap and ends at or below
+/// the 52-bit physical address limit (whatever RAM a memory source claims to have above it).
+///
+/// # Errors
+/// [`DecodeErrorKind::BadValue`] naming the pointer.
+pub fn check_phys_range(what: Field, at: PhysAddr, ptr: PhysAddr, len: u64) -> Result<PhysRange, DecodeError> {
+    let limit = crate::types::PFN_LIMIT << crate::types::PAGE_SHIFT;
+    match PhysRange::new(ptr, len) {
+        Some(r) if r.end().as_u64() <= limit => Ok(r),
+        Some(_) => Err(DecodeError::new(
+            what,
+            at,
+            DecodeErrorKind::BadValue { found: ptr.as_u64(), expected: "an address below the 52-bit physical limit" },
+        )),
+        None => Err(DecodeError::new(
+            what,
+            at,
+            DecodeErrorKind::BadValue { found: ptr.as_u64(), expected: "a non-empty range that does not wrap" },
+        )),
     }
 }
 

@@ -107,7 +107,7 @@ pub fn free<P: Platform + ?Sized>(plat: &P, list: &ChunkList) {
 /// chunk pointer (aligned, in RAM, not in scratch, readable, within the page budget), no
 /// cycle, `order` representable, `num_elms` within capacity, `phys_start` aligned to the span
 /// of one bitmap and below the 52-bit limit, every bitmap pointer (aligned to its size, in
-/// RAM, not in scratch, readable), and no block recorded twice. A NULL `first` is an empty
+/// RAM, not in scratch, readable, named by one entry only), and no block recorded twice. A NULL `first` is an empty
 /// map. Work is bounded by the page budget.
 ///
 /// # Errors
@@ -120,6 +120,7 @@ pub fn decode<M: PhysRead + ?Sized>(
     out: &mut BlockSet,
 ) -> Result<(), DecodeError> {
     let mut visited = BTreeSet::new();
+    let mut bitmaps = BTreeSet::new();
     let (mut cur, mut at, mut what) = (first, at, Field::PreservedMemoryMap);
     let mut page = [0u8; PAGE_BYTES];
     let mut bm_bytes = alloc::vec![0u8; bitmap.bytes() as usize];
@@ -174,6 +175,16 @@ pub fn decode<M: PhysRead + ?Sized>(
             }
             let bm = PhysAddr::new(entry.bitmap.get());
             let bm_at = field_at(off + offset_of!(BitmapPtr, bitmap));
+            // Linux allocates one bitmap per entry. A bitmap named by many entries would let a
+            // small map describe unbounded memory (one alternating bitmap behind 2^16 entries
+            // per MiB of chunks is 2^27 ranges): refused, so work stays bounded by metadata.
+            if !bitmaps.insert(bm.as_u64()) {
+                return Err(DecodeError::new(
+                    Field::ChunkBitmap,
+                    bm_at,
+                    DecodeErrorKind::BadValue { found: bm.as_u64(), expected: "a bitmap no other entry names" },
+                ));
+            }
             ctx.read_meta(Field::ChunkBitmap, bm_at, bm, &mut bm_bytes, bitmap.bytes())?;
             for (w, b) in words.iter_mut().zip(bm_bytes.chunks_exact(8)) {
                 *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));

@@ -163,14 +163,20 @@ impl Handover {
         cfg: &IncomingConfig,
         problems: &mut Vec<DecodeError>,
     ) -> Result<Self, DecodeError> {
-        let mut scratch = scratch.to_vec();
-        scratch.sort_unstable();
+        let scratch = check_scratch(scratch)?;
         let root = root::parse(fdt, fdt_phys, &cfg.limits)?;
         let mut ctx = WalkContext::new(mem, &cfg.ram, &scratch, cfg.limits);
         let mut index = BlockSet::new();
         match root.version {
             FormatVersion::V1 => v1::decode(&mut ctx, root.memory_map, fdt_phys, cfg.v1_bitmap_bytes, &mut index)?,
             FormatVersion::V4 => v4::decode(&mut ctx, root.memory_map, fdt_phys, &mut index)?,
+        }
+        // A map that claims more than RAM holds is refused at the cost of its per-order counts.
+        // The walk goes on (coalescing costs what the metadata holds: shared bitmaps and
+        // shared radix nodes are refused by the decoders), so a dump that holds only part of
+        // RAM still gets every out-of-RAM range named.
+        if let Err(e) = ctx.check_claim(Field::PreservedMemoryMap, root.memory_map, &index) {
+            problems.push(e);
         }
         let mut metadata_pages = core::mem::take(&mut ctx.metadata_pages);
         metadata_pages.sort_unstable();
@@ -435,17 +441,42 @@ fn covering(ranges: &[PhysRange], addr: PhysAddr) -> Option<PhysRange> {
     ranges.get(i).copied().filter(|r| r.contains(addr))
 }
 
-/// Reads the root FDT the pointer names: header first, then `totalsize` bytes.
-fn read_root_fdt<M: PhysRead + ?Sized>(
-    mem: &M,
-    ptr: &HandoverPtr,
-    cfg: &IncomingConfig,
-) -> Result<Vec<u8>, DecodeError> {
+/// Checks scratch areas however they were learnt (the `kho_scratch[]` array, debugfs
+/// files, a caller's list): each below the 52-bit physical limit, and no two overlapping (an
+/// overlap would hide preserved blocks that lie in scratch). Returns them sorted.
+///
+/// # Errors
+/// [`DecodeErrorKind::InScratch`] naming the two areas, or [`DecodeErrorKind::BadValue`].
+pub fn check_scratch(scratch: &[PhysRange]) -> Result<Vec<PhysRange>, DecodeError> {
+    let mut sorted = scratch.to_vec();
+    sorted.sort_unstable();
+    for r in &sorted {
+        crate::format::check_phys_range(Field::ScratchEntry, r.start(), r.start(), r.len())?;
+    }
+    if let Some(w) = sorted.windows(2).find(|w| w[0].overlaps(w[1])) {
+        return Err(DecodeError::new(
+            Field::ScratchEntry,
+            w[1].start(),
+            DecodeErrorKind::InScratch { range: w[1], scratch: w[0] },
+        ));
+    }
+    Ok(sorted)
+}
+
+/// Checks a handover pointer on its own, before anything it names is read: the FDT pointer
+/// non-NULL with a size between the 40-byte FDT header and the blob limit, the scratch array
+/// non-NULL with a non-zero size, and both ranges below the 52-bit physical limit. Every entry
+/// point applies it (the library's [`Handover::parse`], the simulator, the CLI's `setup_data`
+/// path), so `fdt_size` 0 or 2^63 is refused the same way everywhere.
+///
+/// # Errors
+/// [`DecodeErrorKind::Null`] or [`DecodeErrorKind::BadValue`] naming the field.
+pub fn check_handover_ptr(ptr: &HandoverPtr, limits: &Limits) -> Result<(), DecodeError> {
     let what = Field::RootFdt;
     if ptr.fdt.is_null() {
         return Err(DecodeError::new(what, ptr.fdt, DecodeErrorKind::Null));
     }
-    if ptr.fdt_size < FDT_HEADER_BYTES as u64 || ptr.fdt_size > cfg.limits.max_blob_bytes {
+    if ptr.fdt_size < FDT_HEADER_BYTES as u64 || ptr.fdt_size > limits.max_blob_bytes {
         return Err(DecodeError::new(
             what,
             ptr.fdt,
@@ -455,6 +486,28 @@ fn read_root_fdt<M: PhysRead + ?Sized>(
             },
         ));
     }
+    crate::format::check_phys_range(what, ptr.fdt, ptr.fdt, ptr.fdt_size)?;
+    if ptr.scratch.is_null() {
+        return Err(DecodeError::new(Field::ScratchArray, ptr.scratch, DecodeErrorKind::Null));
+    }
+    crate::format::check_phys_range(Field::ScratchArray, ptr.scratch, ptr.scratch, ptr.scratch_size)?;
+    Ok(())
+}
+
+/// Reads the root FDT the pointer names, after [`check_handover_ptr`]: header first, then
+/// `totalsize` bytes, which must fit the size the previous kernel passed. The one reader of a
+/// root FDT in memory, for every caller.
+///
+/// # Errors
+/// As `check_handover_ptr`, plus [`DecodeErrorKind::OutsideRam`], an unreadable or malformed
+/// header, or a `totalsize` above `fdt_size`.
+pub fn read_root_fdt<M: PhysRead + ?Sized>(
+    mem: &M,
+    ptr: &HandoverPtr,
+    cfg: &IncomingConfig,
+) -> Result<Vec<u8>, DecodeError> {
+    let what = Field::RootFdt;
+    check_handover_ptr(ptr, &cfg.limits)?;
     let range = PhysRange::new(ptr.fdt, ptr.fdt_size).ok_or(DecodeError::new(
         what,
         ptr.fdt,
