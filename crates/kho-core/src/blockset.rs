@@ -308,29 +308,180 @@ impl BlockSet {
     /// # Errors
     /// [`DecodeErrorKind::Overlap`] naming two blocks of different orders that overlap.
     pub fn coalesced_ranges(&self) -> Result<Vec<PhysRange>, DecodeError> {
-        let runs = self.runs();
-        let mut out: Vec<PhysRange> = Vec::new();
-        let mut prev: Option<Run> = None;
-        let mut cur_end = 0u64;
-        for r in runs {
-            if let Some(p) = prev
-                && r.start < cur_end
+        self.coalesced().collect()
+    }
+
+    /// The same ranges as [`BlockSet::coalesced_ranges`], found lazily in address order: each
+    /// order's runs are read a word at a time from its bitmaps and the (at most
+    /// [`MAX_ORDERS`]) per-order streams are merged by start address. The state is one cursor
+    /// per order present, never a list of runs, so memory does not grow with the set.
+    ///
+    /// Yields `Err` ([`DecodeErrorKind::Overlap`], exactly as `coalesced_ranges`) at the first
+    /// overlap, then stops.
+    #[must_use]
+    pub fn coalesced(&self) -> CoalescedRanges<'_> {
+        let mut cursors = Vec::with_capacity(self.orders.len());
+        for (&o, units) in &self.orders {
+            let Some(order) = Order::new(u32::from(o)) else { continue };
+            let mut runs =
+                OrderRuns { order, units: units.iter(), words: None, first: 0, wi: 0, w: 0, bit: 0, cur: None };
+            let head = runs.next();
+            cursors.push((head, runs));
+        }
+        CoalescedRanges { cursors, prev: None, pending: None, failed: false }
+    }
+}
+
+/// Most distinct orders a set can hold (orders `0..=ORDER_LIMIT`): the bound on the cursors a
+/// [`CoalescedRanges`] keeps.
+pub const MAX_ORDERS: usize = ORDER_LIMIT as usize + 1;
+
+/// The runs of one order, ascending, read lazily from its bitmaps.
+#[derive(Debug, Clone)]
+pub struct OrderRuns<'a> {
+    order: Order,
+    units: alloc::collections::btree_map::Iter<'a, u64, Unit>,
+    /// The unit being scanned, if any.
+    words: Option<&'a [u64; UNIT_WORDS]>,
+    /// First block index of that unit.
+    first: u64,
+    /// Index of the word in `w`.
+    wi: usize,
+    /// The bits of word `wi` not yet consumed, shifted down by `bit`.
+    w: u64,
+    bit: u32,
+    /// The run being extended.
+    cur: Option<Run>,
+}
+
+impl OrderRuns<'_> {
+    /// The next piece of consecutive blocks (frames `[start, end)`), within one word or one
+    /// full unit.
+    fn next_piece(&mut self) -> Option<(u64, u64)> {
+        let shift = self.order.as_u32();
+        loop {
+            if let Some(words) = self.words {
+                if self.w == 0 {
+                    self.wi += 1;
+                    if self.wi >= UNIT_WORDS {
+                        self.words = None;
+                    } else {
+                        self.w = words[self.wi];
+                        self.bit = 0;
+                    }
+                    continue;
+                }
+                let skip = self.w.trailing_zeros();
+                self.bit += skip;
+                self.w >>= skip; // skip < 64: w != 0
+                let ones = self.w.trailing_ones();
+                let n = self.first + (self.wi as u64) * 64 + u64::from(self.bit);
+                self.bit += ones;
+                self.w = if ones == 64 { 0 } else { self.w >> ones };
+                return Some((n << shift, (n + u64::from(ones)) << shift));
+            }
+            let (&i, u) = self.units.next()?;
+            let first = i * UNIT_BITS;
+            // A full unit is one piece of 32768 blocks (dense memory: 128 MiB at order 0).
+            if u.iter().all(|&w| w == u64::MAX) {
+                return Some((first << shift, (first + UNIT_BITS) << shift));
+            }
+            self.words = Some(&**u);
+            self.first = first;
+            self.wi = 0;
+            self.w = u[0];
+            self.bit = 0;
+        }
+    }
+}
+
+impl Iterator for OrderRuns<'_> {
+    type Item = Run;
+    fn next(&mut self) -> Option<Run> {
+        loop {
+            let Some((start, end)) = self.next_piece() else { return self.cur.take() };
+            match &mut self.cur {
+                Some(r) if r.end == start => r.end = end,
+                _ => {
+                    if let Some(done) = self.cur.replace(Run { start, end, order: self.order }) {
+                        return Some(done);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The lazy merge behind [`BlockSet::coalesced`]: one [`OrderRuns`] cursor (and its next run)
+/// per order present, at most [`MAX_ORDERS`], plus the range being coalesced.
+#[derive(Debug, Clone)]
+pub struct CoalescedRanges<'a> {
+    cursors: Vec<(Option<Run>, OrderRuns<'a>)>,
+    prev: Option<Run>,
+    pending: Option<PhysRange>,
+    failed: bool,
+}
+
+impl CoalescedRanges<'_> {
+    /// Number of per-order cursors: the whole state, apart from fixed-size fields.
+    #[must_use]
+    pub fn cursors(&self) -> usize {
+        self.cursors.len()
+    }
+
+    /// The run with the lowest `(start, order)` across orders (cursors are in ascending order,
+    /// so a strict `<` on start breaks ties by order, like sorting by `(start, order)`).
+    fn pop_min(&mut self) -> Option<Run> {
+        let mut best: Option<(usize, u64)> = None;
+        for (i, (head, _)) in self.cursors.iter().enumerate() {
+            if let Some(r) = head
+                && best.is_none_or(|(_, s)| r.start < s)
             {
+                best = Some((i, r.start));
+            }
+        }
+        let (i, _) = best?;
+        let (head, runs) = &mut self.cursors[i];
+        let r = head.take();
+        *head = runs.next();
+        r
+    }
+}
+
+impl Iterator for CoalescedRanges<'_> {
+    type Item = Result<PhysRange, DecodeError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let Some(r) = self.pop_min() else { return self.pending.take().map(Ok) };
+            if let Some(p) = self.prev
+                && r.start < p.end
+            {
+                self.failed = true;
+                self.pending = None;
                 let block = run_block(r.start, r.order);
                 let other = overlapping_block(p, r.start);
-                return Err(DecodeError::new(Field::Block, block.phys(), DecodeErrorKind::Overlap { block, other }));
+                return Some(Err(DecodeError::new(
+                    Field::Block,
+                    block.phys(),
+                    DecodeErrorKind::Overlap { block, other },
+                )));
             }
+            self.prev = Some(r);
             let range = frames_to_range(r.start, r.end);
-            match out.last_mut() {
+            match &mut self.pending {
                 Some(last) if last.end().as_u64() == range.start().as_u64() => {
                     *last = PhysRange::from_bounds(last.start(), range.end()).expect("non-empty");
                 }
-                _ => out.push(range),
+                _ => {
+                    if let Some(done) = self.pending.replace(range) {
+                        return Some(Ok(done));
+                    }
+                }
             }
-            cur_end = r.end;
-            prev = Some(r);
         }
-        Ok(out)
     }
 }
 
@@ -455,6 +606,104 @@ mod tests {
         assert_eq!(s.block_starting_at(Pfn::new(0x401).unwrap()), None);
         assert_eq!(s.block_containing(Pfn::new(0x7ff).unwrap()), Some(blk(0x400, 10)));
         assert_eq!(s.block_containing(Pfn::new(0x800).unwrap()), None);
+    }
+
+    /// The pre-streaming `coalesced_ranges`: every run collected and sorted, then coalesced.
+    fn reference_coalesced(s: &BlockSet) -> Result<Vec<PhysRange>, DecodeError> {
+        let mut out: Vec<PhysRange> = Vec::new();
+        let mut prev: Option<Run> = None;
+        for r in s.runs() {
+            if let Some(p) = prev
+                && r.start < p.end
+            {
+                let block = run_block(r.start, r.order);
+                let other = overlapping_block(p, r.start);
+                return Err(DecodeError::new(Field::Block, block.phys(), DecodeErrorKind::Overlap { block, other }));
+            }
+            let range = frames_to_range(r.start, r.end);
+            match out.last_mut() {
+                Some(last) if last.end() == range.start() => {
+                    *last = PhysRange::from_bounds(last.start(), range.end()).unwrap();
+                }
+                _ => out.push(range),
+            }
+            prev = Some(r);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn streaming_state_is_one_cursor_per_order() {
+        // One block of every order: the most cursors a set can need (they overlap, which is
+        // fine: only the state is measured).
+        let mut s = BlockSet::new();
+        for o in 0..u32::from(ORDER_LIMIT) {
+            s.insert(blk(1u64 << o, o));
+        }
+        s.insert(blk(0, u32::from(ORDER_LIMIT)));
+        let it = s.coalesced();
+        assert_eq!(it.cursors(), MAX_ORDERS);
+        // Fixed-size state: the iterator itself is a few words, each cursor a few more, and
+        // there is never more than one cursor per order, whatever the number of runs.
+        assert!(core::mem::size_of::<CoalescedRanges<'_>>() <= 96);
+        assert!(core::mem::size_of::<OrderRuns<'_>>() <= 192);
+        // A million alternate pages (half a million runs) still needs one cursor.
+        let mut dense = BlockSet::new();
+        let words = alloc::vec![0x5555_5555_5555_5555u64; (1 << 20) / 64];
+        dense.insert_words(Order::ZERO, 0, &words, PhysAddr::new(0)).unwrap();
+        let it = dense.coalesced();
+        assert_eq!(it.cursors(), 1);
+        assert_eq!(it.count(), 1 << 19);
+    }
+
+    #[test]
+    fn full_units_stream_as_one_range() {
+        let mut s = BlockSet::new();
+        let ones = alloc::vec![u64::MAX; UNIT_WORDS * 3];
+        s.insert_words(Order::ZERO, 0, &ones, PhysAddr::new(0)).unwrap();
+        s.insert(blk(3 * UNIT_BITS, 0));
+        s.insert(blk(3 * UNIT_BITS + 2, 1));
+        let got: Vec<PhysRange> = s.coalesced().collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            got,
+            alloc::vec![
+                PhysRange::new(PhysAddr::new(0), (3 * UNIT_BITS + 1) * 4096).unwrap(),
+                PhysRange::new(PhysAddr::new((3 * UNIT_BITS + 2) * 4096), 2 * 4096).unwrap(),
+            ]
+        );
+        assert_eq!(reference_coalesced(&s).unwrap(), got);
+    }
+
+    proptest! {
+        #[test]
+        fn streamed_ranges_equal_the_collected_ones(
+            blocks in proptest::collection::vec((0u64..(3 * UNIT_BITS), 0u32..12), 0..300),
+            full in proptest::collection::vec((0u64..4, 0u32..2), 0..3),
+            orders in 1u32..12,
+        ) {
+            let mut s = BlockSet::new();
+            for (unit, order) in full {
+                let o = Order::new(order).unwrap();
+                let ones = alloc::vec![u64::MAX; UNIT_WORDS];
+                let _ = s.insert_words(o, (unit * UNIT_BITS) << order, &ones, PhysAddr::new(0));
+            }
+            for (pfn, order) in blocks {
+                let order = order % orders;
+                s.insert(blk(pfn & !((1 << order) - 1), order));
+            }
+            let want = reference_coalesced(&s);
+            let streamed: Result<Vec<PhysRange>, DecodeError> = s.coalesced().collect();
+            prop_assert_eq!(&streamed, &want);
+            prop_assert_eq!(&s.coalesced_ranges(), &want);
+            // After an overlap error the stream ends.
+            let mut it = s.coalesced();
+            while let Some(r) = it.next() {
+                if r.is_err() {
+                    prop_assert!(it.next().is_none());
+                    break;
+                }
+            }
+        }
     }
 
     proptest! {

@@ -114,8 +114,11 @@ pub trait MemMap {
     /// True if `pfn` is a page of RAM this kernel manages (Linux `pfn_to_online_page`).
     /// The restore path asks this before it looks at any state of the page.
     fn pfn_valid(&self, pfn: Pfn) -> bool;
-    /// Reserves preserved memory: one sorted batch of disjoint, coalesced ranges, so a
-    /// platform can insert them in linear time.
+    /// Reserves preserved memory: disjoint, coalesced ranges, sorted by address. They may
+    /// arrive in one call ([`crate::incoming::Handover::reserve`]) or in several
+    /// ([`crate::incoming::Handover::reserve_streaming`]); each call's ranges are sorted and
+    /// start above the previous call's, so the concatenation is one sorted list and a platform
+    /// can still insert them in linear time, appending.
     fn reserve(&mut self, ranges: &[PhysRange]);
     /// A preserved block was restored as one folio of its order (a compound page).
     fn claim_folio(&mut self, block: Block);

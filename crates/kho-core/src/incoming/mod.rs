@@ -327,6 +327,27 @@ impl Handover {
         map.reserve(&self.ranges);
     }
 
+    /// Hands the platform the same ranges as [`Handover::reserve`], in the same order, but in
+    /// batches of at most `batch` (0 counts as 1) ranges, found as they are handed: straight
+    /// from the preserved index through [`BlockSet::coalesced`], with one buffer of `batch`
+    /// ranges and one cursor per order present. The memory this pass uses is bounded by
+    /// `batch` and [`crate::blockset::MAX_ORDERS`], not by the number of ranges. Returns the
+    /// number of `map.reserve` calls.
+    ///
+    /// Meant to run before any restore (as at boot). Once blocks have been restored the index
+    /// no longer holds them, so the parse-time ranges (still kept for
+    /// [`Handover::reserved_ranges`]) are handed instead, in the same batches.
+    pub fn reserve_streaming<T: MemMap + ?Sized>(&self, map: &mut T, batch: usize) -> usize {
+        let batch = batch.max(1);
+        if self.restored.is_empty() {
+            // Parse already refused overlapping blocks, so no `Err` can come; `map_while`
+            // would stop at one rather than hand the platform a partial range.
+            feed_batches(self.index.coalesced().map_while(Result::ok), map, batch)
+        } else {
+            feed_batches(self.ranges.iter().copied(), map, batch)
+        }
+    }
+
     /// What is preserved at `pfn`, for error messages: already restored, part of a larger or
     /// differently shaped block, or nothing.
     fn explain(&self, phys: PhysAddr, requested: PhysRange) -> RestoreError {
@@ -429,6 +450,26 @@ impl Handover {
         self.index = BlockSet::new();
         blocks.len() as u64
     }
+}
+
+/// Feeds `ranges` to `map.reserve` in batches of `batch`, through one reused buffer; returns
+/// the number of calls.
+fn feed_batches<T: MemMap + ?Sized>(ranges: impl Iterator<Item = PhysRange>, map: &mut T, batch: usize) -> usize {
+    let mut buf: Vec<PhysRange> = Vec::with_capacity(batch);
+    let mut calls = 0;
+    for r in ranges {
+        buf.push(r);
+        if buf.len() == batch {
+            map.reserve(&buf);
+            calls += 1;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        map.reserve(&buf);
+        calls += 1;
+    }
+    calls
 }
 
 /// The frame a restore argument names; it must be page aligned.
