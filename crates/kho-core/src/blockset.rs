@@ -321,10 +321,17 @@ impl BlockSet {
     #[must_use]
     pub fn coalesced(&self) -> CoalescedRanges<'_> {
         let mut cursors = Vec::with_capacity(self.orders.len());
-        for (&o, units) in &self.orders {
-            let Some(order) = Order::new(u32::from(o)) else { continue };
-            let mut runs =
-                OrderRuns { order, units: units.iter(), words: None, first: 0, wi: 0, w: 0, bit: 0, cur: None };
+        for (&order, per_order) in &self.orders {
+            let mut runs = OrderRuns {
+                order,
+                units: per_order.units.iter(),
+                words: None,
+                first: 0,
+                wi: 0,
+                w: 0,
+                bit: 0,
+                cur: None,
+            };
             let head = runs.next();
             cursors.push((head, runs));
         }
