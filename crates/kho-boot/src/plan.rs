@@ -64,10 +64,12 @@ fn align_up(v: u64, a: u64) -> Option<u64> {
     v.checked_add(a - 1).map(|x| x & !(a - 1))
 }
 
-/// Subtracts `cut` from every range of `free`.
-fn subtract(free: &mut Vec<PhysRange>, cut: PhysRange) {
-    let mut out = Vec::with_capacity(free.len() + 1);
-    for &r in free.iter() {
+/// `ranges` minus `cut`; sorted input gives sorted output. Public so the mini kernel's free
+/// map shares it.
+#[must_use]
+pub fn subtract(ranges: &[PhysRange], cut: PhysRange) -> Vec<PhysRange> {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &r in ranges {
         if !r.overlaps(cut) {
             out.push(r);
             continue;
@@ -79,7 +81,7 @@ fn subtract(free: &mut Vec<PhysRange>, cut: PhysRange) {
             out.extend(PhysRange::from_bounds(cut.end(), r.end()));
         }
     }
-    *free = out;
+    out
 }
 
 fn intersect(a: &[PhysRange], b: &[PhysRange]) -> Vec<PhysRange> {
@@ -123,7 +125,7 @@ pub fn place(ram: &[PhysRange], scratch: &[PhysRange], requests: &[Request]) -> 
     }
     let mut free: Vec<PhysRange> = ram.to_vec();
     if let Some(low) = PhysRange::new(PhysAddr::new(0), MIN_ADDR) {
-        subtract(&mut free, low);
+        free = subtract(&free, low);
     }
     let mut out = Vec::with_capacity(requests.len());
     for req in requests {
@@ -155,13 +157,13 @@ pub fn place(ram: &[PhysRange], scratch: &[PhysRange], requests: &[Request]) -> 
             Placement::OutsideScratch => {
                 let mut outside = free.clone();
                 for &s in scratch {
-                    subtract(&mut outside, s);
+                    outside = subtract(&outside, s);
                 }
                 top_down(&outside, size, align, min, req.limit).ok_or(no_room(" in RAM outside the scratch areas"))?
             }
         };
         let range = PhysRange::new(PhysAddr::new(start), size).ok_or(no_room(""))?;
-        subtract(&mut free, range);
+        free = subtract(&free, range);
         out.push(Placed { what: req.what, range, in_scratch: scratch.iter().any(|s| s.contains_range(range)) });
     }
     check_total(&out, ram)?;

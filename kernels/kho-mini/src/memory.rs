@@ -20,24 +20,8 @@ pub struct FreeMap {
     free: Vec<PhysRange>,
 }
 
-/// `ranges` minus `cut`, both sorted; the result is sorted.
-#[must_use]
-pub fn subtract(ranges: &[PhysRange], cut: PhysRange) -> Vec<PhysRange> {
-    let mut out = Vec::with_capacity(ranges.len() + 1);
-    for &r in ranges {
-        if !r.overlaps(cut) {
-            out.push(r);
-            continue;
-        }
-        if r.start() < cut.start() {
-            out.extend(PhysRange::from_bounds(r.start(), cut.start()));
-        }
-        if cut.end() < r.end() {
-            out.extend(PhysRange::from_bounds(cut.end(), r.end()));
-        }
-    }
-    out
-}
+/// `ranges` minus `cut` (one implementation, shared with `kho kexec`'s planner).
+pub use kho_boot::plan::subtract;
 
 /// The parts of `ranges` inside `within` (both sorted and disjoint).
 #[must_use]
