@@ -98,42 +98,23 @@ impl FdtNode {
     /// # Errors
     /// [`DecodeErrorKind::MissingProperty`] or [`DecodeErrorKind::PropertyLength`].
     pub fn le64(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u64, DecodeError> {
-        let v = self.get(prop).ok_or_else(|| {
-            DecodeError::new(
-                Field::for_property(prop),
-                at,
-                DecodeErrorKind::MissingProperty { node: path.to_string(), prop },
-            )
-        })?;
-        let arr: [u8; 8] = v.try_into().map_err(|_| {
-            DecodeError::new(
-                Field::for_property(prop),
-                at,
-                DecodeErrorKind::PropertyLength { node: path.to_string(), prop, len: v.len(), expected: 8 },
-            )
-        })?;
-        Ok(u64::from_le_bytes(arr))
+        self.exact::<8>(at, path, prop).map(u64::from_le_bytes)
     }
     /// Reads an exactly-4-byte little-endian u32 property.
     ///
     /// # Errors
     /// [`DecodeErrorKind::MissingProperty`] or [`DecodeErrorKind::PropertyLength`].
     pub fn le32(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<u32, DecodeError> {
-        let v = self.get(prop).ok_or_else(|| {
-            DecodeError::new(
-                Field::for_property(prop),
-                at,
-                DecodeErrorKind::MissingProperty { node: path.to_string(), prop },
-            )
-        })?;
-        let arr: [u8; 4] = v.try_into().map_err(|_| {
-            DecodeError::new(
-                Field::for_property(prop),
-                at,
-                DecodeErrorKind::PropertyLength { node: path.to_string(), prop, len: v.len(), expected: 4 },
-            )
-        })?;
-        Ok(u32::from_le_bytes(arr))
+        self.exact::<4>(at, path, prop).map(u32::from_le_bytes)
+    }
+    /// The property's bytes, which must be exactly `N` long: one place names both failures.
+    fn exact<const N: usize>(&self, at: PhysAddr, path: &str, prop: &'static str) -> Result<[u8; N], DecodeError> {
+        let fail = |kind| DecodeError::new(Field::for_property(prop), at, kind);
+        let v =
+            self.get(prop).ok_or_else(|| fail(DecodeErrorKind::MissingProperty { node: path.to_string(), prop }))?;
+        v.try_into().map_err(|_| {
+            fail(DecodeErrorKind::PropertyLength { node: path.to_string(), prop, len: v.len(), expected: N })
+        })
     }
 }
 
